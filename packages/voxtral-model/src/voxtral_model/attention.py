@@ -1,0 +1,135 @@
+"""KV caches and attention, swappable per backend.
+
+Two layouts:
+- "custom" (XNNPACK, portable): caches are [1, slots, heads, head_dim] and updated and read by ExecuTorch's
+  `torch.ops.llama.update_cache[_with_indices]` and `torch.ops.llama.custom_sdpa` (fused, GQA-aware kernels; the ops
+  must be registered by importing `executorch.extension.llm.custom_ops.custom_ops`).
+- "standard" (Metal, and any plain PyTorch use): caches are [1, heads, slots, head_dim], updated with `index_copy_`
+  and read with `F.scaled_dot_product_attention`; masks are additive, finite and in the model dtype.
+
+Two geometries:
+- flat: slot = position, bounded by the number of slots (offline decoder, `max_seq_len`).
+- ring: slots = 2 * window, slot = position mod slots. Keys are written before the queries attend, so a chunk's own
+  writes must not evict keys still inside an earlier query's window: 2x the window guarantees that for chunks of up to
+  `window` positions. Which position a slot holds is derived from the newest position alone (no stored state), so a
+  stream is unbounded and a new stream starting at position 0 needs no reset: stale slots come out negative, masked.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYOUTS = ("custom", "standard")
+STANDARD_MASK_VALUE = -1e9  # finite: -inf produced NaNs in Metal's attention
+
+
+def require_custom_ops() -> None:
+    """Registers ExecuTorch's llama custom ops, or explains how to get them."""
+    try:
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            "the 'custom' attention layout needs ExecuTorch's custom ops: install executorch "
+            "(pip install executorch==1.5.1) or build the model with layout='standard'"
+        ) from e
+
+
+def attention_mask(
+    positions: torch.Tensor, n_slots: int, window: int, ring: bool, dtype: torch.dtype, masked_value: float
+) -> torch.Tensor:
+    """Additive mask (S, n_slots): query at positions[i] sees the slot holding key position p iff 0 <= q - p < window."""
+    slots = torch.arange(n_slots, dtype=torch.int64)
+    if ring:
+        newest = positions[-1:]
+        slot_pos = slots + torch.div(newest - slots, n_slots, rounding_mode="floor") * n_slots
+    else:
+        slot_pos = slots
+    delta = positions[:, None] - slot_pos[None, :]
+    visible = (delta >= 0) & (delta < window) & (slot_pos[None, :] >= 0)
+    zeros = torch.zeros((), dtype=dtype)
+    return torch.where(visible, zeros, torch.full((), masked_value, dtype=dtype))
+
+
+class KVCache(nn.Module):
+    """Per-layer key/value cache (flat or ring) in one of the two layouts."""
+
+    def __init__(self, n_slots: int, n_kv_heads: int, head_dim: int, window: int, ring: bool, layout: str,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown attention layout {layout!r}; expected one of {LAYOUTS}")
+        if layout == "custom":
+            require_custom_ops()
+        self.n_slots, self.window, self.ring, self.layout = n_slots, window, ring, layout
+        self.shape = (1, n_slots, n_kv_heads, head_dim) if layout == "custom" else (1, n_kv_heads, n_slots, head_dim)
+        self.dtype = dtype
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)creates the empty cache; also materializes it after loading a model built on the meta device."""
+        self.register_buffer("k_cache", torch.zeros(self.shape, dtype=self.dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(self.shape, dtype=self.dtype), persistent=False)
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The mask for queries at `positions`, shared by every layer of a stack; None = plain causal (fast path)."""
+        if self.layout == "custom":
+            if not self.ring and self.window >= self.n_slots:
+                return None
+            return attention_mask(positions, self.n_slots, self.window, self.ring, torch.float32, float("-inf"))
+        return attention_mask(positions, self.n_slots, self.window, self.ring, self.k_cache.dtype,
+                              STANDARD_MASK_VALUE)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """Writes k, v (B, S, Hkv, D) at `positions`, attends q (B, S, H, D) over the cache -> (B, S, H*D)."""
+        bsz, seq_len, n_heads, head_dim = q.shape
+        if self.layout == "custom":
+            start_pos = positions[0].item()
+            torch._check(start_pos >= 0)
+            if self.ring:
+                slots = torch.remainder(positions, self.n_slots).reshape(1, seq_len)
+                torch.ops.llama.update_cache_with_indices(k, self.k_cache, start_pos, slots)
+                torch.ops.llama.update_cache_with_indices(v, self.v_cache, start_pos, slots)
+            else:
+                torch._check(start_pos + seq_len <= self.n_slots)
+                torch.ops.llama.update_cache(k, self.k_cache, start_pos)
+                torch.ops.llama.update_cache(v, self.v_cache, start_pos)
+            if mask is None:
+                y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start_pos, None, 0.0, True)
+            else:
+                y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start_pos, mask, 0.0, False)
+            return y.reshape(bsz, seq_len, n_heads * head_dim)
+        slots = torch.remainder(positions, self.n_slots) if self.ring else positions
+        self.k_cache.index_copy_(2, slots, k.transpose(1, 2))
+        self.v_cache.index_copy_(2, slots, v.transpose(1, 2))
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), self.k_cache, self.v_cache, attn_mask=mask,
+                                           enable_gqa=True)
+        return y.transpose(1, 2).reshape(bsz, seq_len, n_heads * head_dim)
+
+
+def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Causal attention limited to the last `window` keys, over a whole sequence, in memory linear in its length.
+
+    q, k, v: (T, H, D) with T a multiple of `window`. Queries of block b can only see keys of blocks b-1 and b, so
+    each block attends over 2*window keys with one shared (window, 2*window) mask: key c of the pair is visible to
+    query r iff r < c <= r + window. Block 0's left neighbour is zeros, masked off.
+    Returns (T, H, D).
+    """
+    seq_len, n_heads, head_dim = q.shape
+    n_blocks = seq_len // window
+    qb = q.reshape(n_blocks, window, n_heads, head_dim).transpose(1, 2)
+
+    def pair_blocks(x: torch.Tensor) -> torch.Tensor:
+        blocks = x.reshape(n_blocks, window, n_heads, head_dim)
+        previous = torch.cat([torch.zeros_like(blocks[:1]), blocks[:-1]], dim=0)
+        return torch.cat([previous, blocks], dim=1).transpose(1, 2)  # (n_blocks, H, 2W, D)
+
+    rows = torch.arange(window)[:, None]
+    cols = torch.arange(2 * window)[None, :]
+    visible = (cols > rows) & (cols <= rows + window)  # (W, 2W)
+    first_block = torch.arange(n_blocks)[:, None, None] == 0
+    visible = visible[None] & ~(first_block & (cols < window)[None])  # (n_blocks, W, 2W)
+    y = F.scaled_dot_product_attention(qb, pair_blocks(k), pair_blocks(v), attn_mask=visible[:, None])
+    return y.transpose(1, 2).reshape(seq_len, n_heads, head_dim)

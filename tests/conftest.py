@@ -1,0 +1,20 @@
+"""Session-wide fixtures: synthetic checkpoints are written once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from voxtral_model.synth import write_synthetic_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random checkpoint in Mistral's exact format (params.json, tekken.json, consolidated.safetensors)."""
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_dir):
+    from voxtral_model.config import load_config
+
+    return load_config(tiny_dir)
