@@ -109,27 +109,34 @@ class KVCache(nn.Module):
         return y.transpose(1, 2).reshape(bsz, seq_len, n_heads * head_dim)
 
 
-def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, block: int) -> torch.Tensor:
     """Causal attention limited to the last `window` keys, over a whole sequence, in memory linear in its length.
 
-    q, k, v: (T, H, D) with T a multiple of `window`. Queries of block b can only see keys of blocks b-1 and b, so
-    each block attends over 2*window keys with one shared (window, 2*window) mask: key c of the pair is visible to
-    query r iff r < c <= r + window. Block 0's left neighbour is zeros, masked off.
-    Returns (T, H, D).
+    q, k, v: (T, H, D) with T a multiple of `block`. Queries of block b can only see keys of the `lookback`
+    preceding blocks and their own, so each block attends over (lookback + 1) * block keys with one shared mask.
+    Missing blocks before the start are zeros, masked off. Returns (T, H, D).
     """
     seq_len, n_heads, head_dim = q.shape
-    n_blocks = seq_len // window
-    qb = q.reshape(n_blocks, window, n_heads, head_dim).transpose(1, 2)
+    n_blocks = seq_len // block
+    lookback = -(-(window - 1) // block)
+    span = (lookback + 1) * block
+    qb = q.reshape(n_blocks, block, n_heads, head_dim).transpose(1, 2)
 
-    def pair_blocks(x: torch.Tensor) -> torch.Tensor:
-        blocks = x.reshape(n_blocks, window, n_heads, head_dim)
-        previous = torch.cat([torch.zeros_like(blocks[:1]), blocks[:-1]], dim=0)
-        return torch.cat([previous, blocks], dim=1).transpose(1, 2)  # (n_blocks, H, 2W, D)
+    def gather_blocks(x: torch.Tensor) -> torch.Tensor:
+        blocks = x.reshape(n_blocks, block, n_heads, head_dim)
+        padded = torch.cat([blocks.new_zeros(lookback, block, n_heads, head_dim), blocks], dim=0)
+        keys = torch.cat([padded[j : j + n_blocks] for j in range(lookback + 1)], dim=1)
+        return keys.transpose(1, 2)  # (n_blocks, H, span, D)
 
-    rows = torch.arange(window)[:, None]
-    cols = torch.arange(2 * window)[None, :]
-    visible = (cols > rows) & (cols <= rows + window)  # (W, 2W)
-    first_block = torch.arange(n_blocks)[:, None, None] == 0
-    visible = visible[None] & ~(first_block & (cols < window)[None])  # (n_blocks, W, 2W)
-    y = F.scaled_dot_product_attention(qb, pair_blocks(k), pair_blocks(v), attn_mask=visible[:, None])
+    # Query r of a block sits at offset lookback*block + r of its key span; key c is visible iff 0 <= (that - c) < W.
+    distance = (lookback * block + torch.arange(block))[:, None] - torch.arange(span)[None, :]
+    visible = (distance >= 0) & (distance < window)  # (block, span)
+    # Keys before position 0 (the zero blocks) must stay hidden: key c of block b is at absolute (b - lookback)*block + c.
+    absolute = (torch.arange(n_blocks)[:, None] - lookback) * block + torch.arange(span)[None, :]
+    visible = visible[None] & (absolute >= 0)[:, None, :]  # (n_blocks, block, span)
+    # Plain matmul/softmax rather than F.scaled_dot_product_attention: the fused CPU kernel returns another memory
+    # layout than its decomposition, which breaks the reshape below once the exported graph is lowered.
+    scores = torch.matmul(qb, gather_blocks(k).transpose(-1, -2)) * head_dim**-0.5
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    y = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), gather_blocks(v))
     return y.transpose(1, 2).reshape(seq_len, n_heads, head_dim)

@@ -47,11 +47,21 @@ class DecoderLayer(nn.Module):
             nn.Linear(args.ada_t_cond_dim, args.dim, bias=False),
         )
 
+        self.register_buffer("ffn_scale", None, persistent=False)
+
+    def fold_time_conditioning(self, t_cond: torch.Tensor) -> None:
+        """The ada-norm scale depends only on the delay: compute it once (in fp32) and drop its projections."""
+        ada = self.ada_rms_norm_t_cond
+        with torch.no_grad():
+            scale = 1 + ada.float()(t_cond.float()[None])
+        self.ffn_scale = scale.to(self.ffn_norm.weight.dtype)
+        self.ada_rms_norm_t_cond = None
+
     def forward(self, x: torch.Tensor, t_cond: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
                 positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, cache, positions, mask)
-        gate = self.ada_rms_norm_t_cond(t_cond)
-        return x + self.feed_forward(self.ffn_norm(x) * (1 + gate))
+        scale = self.ffn_scale if self.ffn_scale is not None else 1 + self.ada_rms_norm_t_cond(t_cond[None])
+        return x + self.feed_forward(self.ffn_norm(x) * scale)
 
 
 class Decoder(nn.Module):
@@ -80,6 +90,11 @@ class Decoder(nn.Module):
         args = self.args
         self.register_buffer("inv_freq", rope_inv_freq(args.head_dim, args.rope_theta), persistent=False)
         self.register_buffer("t_cond", time_embedding(self.delay_tokens, args.dim).to(self.dtype), persistent=False)
+
+    def fold_time_conditioning(self) -> None:
+        """Precomputes every layer's ada-norm scale for this model's delay (export does this: smaller, faster)."""
+        for layer in self.layers:
+            layer.fold_time_conditioning(self.t_cond)
 
     def untie_output(self) -> None:
         """Gives the head its own copy of the embedding so each can be quantized its own way."""

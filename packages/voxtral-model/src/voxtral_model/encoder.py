@@ -23,6 +23,10 @@ CONV_KERNEL = 3
 CONV1_LEFT_PAD = CONV_KERNEL - 1
 CONV2_LEFT_PAD = CONV_KERNEL - 2
 
+# Offline attention runs in blocks of this many encoder frames (see attention.windowed_attention); an exported
+# audio encoder therefore takes mel lengths in multiples of 2 * ENCODER_BLOCK_FRAMES.
+ENCODER_BLOCK_FRAMES = 128
+
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -51,8 +55,8 @@ class EncoderAttention(nn.Module):
         self.wo = nn.Linear(width, args.dim, bias=True)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
-        bsz, seq_len, _ = x.shape
-        shape = (bsz, seq_len, self.n_heads, self.head_dim)
+        """x: (..., T, dim) -> (..., T, dim); attend gets q, k, v of shape (..., T, H, D)."""
+        shape = (*x.shape[:-1], self.n_heads, self.head_dim)
         q = apply_rope(self.wq(x).view(shape), cos, sin)
         k = apply_rope(self.wk(x).view(shape), cos, sin)
         v = self.wv(x).view(shape)
@@ -96,21 +100,23 @@ class Encoder(nn.Module):
         return F.gelu(self.conv_layers[1](x)).transpose(1, 2)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        x = self.conv_stem(mel.to(self.norm.weight.dtype))
-        seq_len, window = x.shape[1], self.args.sliding_window
-        # Blocked windowed attention wants whole windows; trailing zero frames cannot affect earlier causal outputs.
-        pad = (-seq_len) % window
+        # Frames stay 2-D (T, dim) through the layers: linears then lower to plain matrix products, which
+        # XNNPACK's linear conversion needs for weight-only quantized layers.
+        x = self.conv_stem(mel.to(self.norm.weight.dtype))[0]
+        seq_len, window = x.shape[0], self.args.sliding_window
+        # Blocked attention wants whole blocks; trailing zero frames cannot affect earlier causal outputs.
+        pad = (-seq_len) % ENCODER_BLOCK_FRAMES
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
-        cos, sin = rope_cos_sin(torch.arange(x.shape[1]), self.inv_freq)
+        cos, sin = rope_cos_sin(torch.arange(x.shape[0]), self.inv_freq)
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            y = windowed_attention(q[0], k[0], v[0], window)
-            return y.reshape(1, y.shape[0], -1)
+            y = windowed_attention(q, k, v, window, ENCODER_BLOCK_FRAMES)
+            return y.reshape(y.shape[0], -1)
 
         for layer in self.layers:
             x = layer(x, cos, sin, attend)
-        return self.norm(x[:, :seq_len])
+        return self.norm(x[:seq_len])[None]
 
 
 class Adapter(nn.Sequential):
@@ -122,8 +128,8 @@ class Adapter(nn.Sequential):
         self.in_dim = in_dim
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(1, T, enc_dim) with T a multiple of the factor -> (1, T/factor, out_dim)."""
-        return super().forward(frames.reshape(frames.shape[0], -1, self.in_dim))
+        """(1, T, enc_dim) with T a multiple of the factor -> (1, T/factor, out_dim); computed 2-D (see Encoder)."""
+        return super().forward(frames.reshape(-1, self.in_dim))[None]
 
 
 class StreamingEncoder(nn.Module):

@@ -40,10 +40,10 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Interleaved (GPT-J) rotation of adjacent pairs (2j, 2j+1), as the raw Mistral weights expect.
 
-    x: (B, T, H, D); cos/sin: (T, D/2). Math in fp32.
+    x: (B, T, H, D) or (T, H, D); cos/sin: (T, D/2). Math in fp32.
     """
     x_even, x_odd = x.float().reshape(x.shape[:-1] + (-1, 2)).unbind(-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = cos[:, None, :], sin[:, None, :]
     rotated = torch.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], dim=-1)
     return rotated.flatten(-2).to(x.dtype)
 

@@ -67,6 +67,11 @@ def dft_kernels(n_fft: int) -> np.ndarray:
     return basis[:, None, :]
 
 
+def _dense(array: np.ndarray) -> torch.Tensor:
+    """fp32 copy with fresh row-major strides."""
+    return torch.zeros(array.shape, dtype=torch.float32).copy_(torch.from_numpy(array))
+
+
 class LogMel(nn.Module):
     """Waveform (samples,) float32 -> normalised log-mel (1, n_mels, frames)."""
 
@@ -76,9 +81,11 @@ class LogMel(nn.Module):
         self.n_fft = args.window_size
         self.n_freqs = self.n_fft // 2 + 1
         self.log_floor = args.global_log_mel_max - LOG_MEL_RANGE
-        self.register_buffer("dft", torch.from_numpy(dft_kernels(self.n_fft)).float(), persistent=False)
+        # torch.tensor copies into fresh row-major strides (numpy views carry zero and transposed strides, which
+        # ExecuTorch rejects for constants).
+        self.register_buffer("dft", _dense(dft_kernels(self.n_fft)))
         filters = mel_filter_bank(args.num_mel_bins, self.n_fft, args.sampling_rate)
-        self.register_buffer("filters", torch.from_numpy(filters).float(), persistent=False)
+        self.register_buffer("filters", _dense(filters))
 
     def _log_mel(self, signal: torch.Tensor) -> torch.Tensor:
         """Frames of a signal that already holds n_fft/2 samples of context on each side: (1, n_mels, frames)."""

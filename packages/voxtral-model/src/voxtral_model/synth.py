@@ -26,6 +26,9 @@ N_SPECIAL = 1000
 EXTRA_VOCAB_ENTRIES = 8  # the real tekken.json lists more vocab entries than the model uses; mimic the truncation
 EMBEDDING_STD = 0.05
 LINEAR_GAIN = 2.0
+USED_SPECIAL_IDS = (1, 2, 32, 33)  # BOS, EOS, [STREAMING_PAD], [STREAMING_WORD]
+UNUSED_SPECIAL_SCALE = 0.1
+BYTE_TOKEN_SCALE = 0.3
 
 # Real ids of the special tokens that matter (reference.md §2.3); the others are placeholders as in tekken.json.
 SPECIAL_NAMES = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 5: "[AVAILABLE_TOOLS]",
@@ -152,7 +155,15 @@ def _init_std(key: str, shape: tuple[int, ...]) -> tuple[float, float]:
 def _tensor(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
     mean, std = _init_std(key, shape)
-    return (torch.randn(shape, generator=generator) * std + mean).to(torch.bfloat16)
+    values = torch.randn(shape, generator=generator) * std + mean
+    if key.endswith("tok_embeddings.weight"):
+        # Unused control tokens get small embeddings so that (tied) logits rarely pick them: random weights then
+        # produce text pieces, [STREAMING_PAD]/[STREAMING_WORD] and EOS, like the real model's output mix.
+        unused = torch.ones(N_SPECIAL, dtype=torch.bool)
+        unused[list(USED_SPECIAL_IDS)] = False
+        values[:N_SPECIAL][unused] *= UNUSED_SPECIAL_SCALE
+        values[N_SPECIAL : N_SPECIAL + 256] *= BYTE_TOKEN_SCALE  # favour whole words over raw bytes
+    return values.to(torch.bfloat16)
 
 
 def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], seed: int, progress: bool) -> None:
