@@ -18,3 +18,11 @@ def tiny_config(tiny_dir):
     from voxtral_model.config import load_config
 
     return load_config(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def bundles(tiny_dir, tmp_path_factory):
+    """bundles(name) -> exported bundle directory for a variant of tests/bundles.py, built on first use."""
+    from bundles import BundleFactory
+
+    return BundleFactory(tiny_dir, tmp_path_factory.mktemp("bundles"))

@@ -1,0 +1,92 @@
+"""`voxtral-export`: a Mistral Voxtral Realtime checkpoint directory -> ExecuTorch programs for a device.
+
+Writes one bundle directory that `voxtral-runtime` can be pointed at: model.pte, preprocessor.pte, tekken.json and
+manifest.json. Flags follow the ExecuTorch example's export_voxtral_rt.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .options import (
+    BACKENDS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_AUDIO_LEN_S, DEFAULT_MAX_ENC_LEN, DEFAULT_MAX_SEQ_LEN,
+    DEFAULT_OUTPUT_DIR, DTYPES, EMBEDDING_QUANT, LINEAR_QUANT, ExportError, ExportOptions,
+)
+
+EPILOG = """\
+quantization schemes (torchao): 4w = int4 weights, 8w = int8 weights, 8da4w / 8da8w = int8 dynamic activations with
+int4 / int8 weights, fpa4w = float activations with int4 weights (Metal only). 4-bit schemes use groups of
+--*-group-size input features (it must divide every quantized layer's input width; checked before work starts);
+8-bit schemes are per output channel. The decoder's ada-norm projections depend only on the delay: they are folded
+into a per-layer constant at export and never quantized, so their 32-wide bottleneck does not limit the group size
+(64 and 128 work).
+
+recipes:
+  XNNPACK, streaming: --streaming --qlinear-encoder 8da4w --qlinear 8da4w --qembedding 8w
+  XNNPACK, offline:   --qlinear-encoder 8da4w --qlinear 8da4w --qembedding 8w
+  Metal (macOS):      --backend metal --dtype bf16 --qlinear-encoder fpa4w --qlinear fpa4w
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voxtral-export", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True, type=Path,
+                   help="checkpoint directory with params.json, consolidated.safetensors, tekken.json")
+    p.add_argument("--backend", choices=BACKENDS, default="xnnpack", help="default: %(default)s")
+    p.add_argument("--output-dir", type=Path, default=Path(DEFAULT_OUTPUT_DIR), help="default: %(default)s")
+    p.add_argument("--streaming", action="store_true",
+                   help="export the 80 ms streaming encoder and a ring-cache decoder (unbounded streams) instead "
+                        "of the whole-signal encoder")
+    p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN,
+                   help="offline decoder cache size in tokens (80 ms each); also the longest decoder call "
+                        "(default: %(default)s)")
+    p.add_argument("--delay-tokens", type=int, default=None,
+                   help="transcription delay in 80 ms tokens (default: tekken.json, 6 = 480 ms)")
+    p.add_argument("--max-enc-len", type=int, default=DEFAULT_MAX_ENC_LEN,
+                   help="streaming encoder attention window in encoder frames (default: %(default)s, as trained)")
+    p.add_argument("--sliding-window", type=int, default=None,
+                   help="streaming decoder attention window in tokens (default: params.json, 8192); smaller "
+                        "shrinks the ring cache")
+    p.add_argument("--max-audio-len", type=float, default=DEFAULT_MAX_AUDIO_LEN_S,
+                   help="longest offline input in seconds (default: %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="default: %(default)s")
+    p.add_argument("--qlinear", choices=LINEAR_QUANT, help="decoder linears (and the output head)")
+    p.add_argument("--qlinear-group-size", type=int, default=DEFAULT_GROUP_SIZE, help="default: %(default)s")
+    p.add_argument("--qlinear-encoder", choices=LINEAR_QUANT, help="encoder and adapter linears")
+    p.add_argument("--qlinear-encoder-group-size", type=int, default=DEFAULT_GROUP_SIZE,
+                   help="default: %(default)s")
+    p.add_argument("--qembedding", choices=EMBEDDING_QUANT, help="token embedding table")
+    p.add_argument("--qembedding-group-size", type=int, default=0, help="0 = per row (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    return ExportOptions(
+        model_path=args.model_path, backend=args.backend, output_dir=args.output_dir, streaming=args.streaming,
+        max_seq_len=args.max_seq_len, delay_tokens=args.delay_tokens, max_enc_len=args.max_enc_len,
+        sliding_window=args.sliding_window, max_audio_len=args.max_audio_len, dtype=args.dtype,
+        qlinear=args.qlinear, qlinear_group_size=args.qlinear_group_size, qlinear_encoder=args.qlinear_encoder,
+        qlinear_encoder_group_size=args.qlinear_encoder_group_size, qembedding=args.qembedding,
+        qembedding_group_size=args.qembedding_group_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = options_from_args(args)
+    from .pipeline import export_bundle
+    from .progress import Progress
+
+    try:
+        export_bundle(options, Progress(enabled=not args.quiet))
+    except ExportError as e:
+        print(f"voxtral-export: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

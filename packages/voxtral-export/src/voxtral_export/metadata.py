@@ -1,0 +1,87 @@
+"""Constant methods of the exported programs: every fact the runtime needs, so it never needs the model's code.
+
+The names and meanings are the contract in docs/pte.md; bump PTE_FORMAT_VERSION when they change incompatibly.
+"""
+
+from __future__ import annotations
+
+from voxtral_model.config import VoxtralConfig
+from voxtral_model.encoder import CONV1_LEFT_PAD, CONV2_LEFT_PAD
+from voxtral_model.mel import LOG_MEL_RANGE, stream_window_left_context, stream_window_samples
+
+from .options import ExportOptions
+from .programs import encoder_block_mel_frames
+
+PTE_FORMAT = "voxtral-realtime"
+PTE_FORMAT_VERSION = 1
+
+
+def audio_metadata(config: VoxtralConfig) -> dict:
+    """Framing and mel facts shared by model.pte and preprocessor.pte."""
+    enc = config.encoder
+    window = stream_window_samples(enc, config.mel_frames_per_token)
+    left = stream_window_left_context(enc)
+    return {
+        "pte_format": PTE_FORMAT,
+        "pte_format_version": PTE_FORMAT_VERSION,
+        "sample_rate": enc.sampling_rate,
+        "num_mel_bins": enc.num_mel_bins,
+        "hop_length": enc.hop_length,
+        "window_size": enc.window_size,
+        "global_log_mel_max": enc.global_log_mel_max,
+        "log_mel_floor": enc.global_log_mel_max - LOG_MEL_RANGE,
+        "step_samples": config.samples_per_token,
+        "chunk_mel_len": config.mel_frames_per_token,
+        "stream_window_samples": window,
+        "stream_left_context": left,
+        "stream_lookahead": window - left - config.samples_per_token,
+    }
+
+
+def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: int, decoder_window: int,
+                   max_audio_tokens: int) -> dict:
+    enc, dec, tokens = config.encoder, config.decoder, config.tokens
+    return {
+        **audio_metadata(config),
+        "program": "model",
+        "streaming": options.streaming,
+        "backend": options.backend,
+        "dtype": options.dtype,
+        "quantization": _quantization_label(options),
+        "dim": dec.dim,
+        "enc_dim": enc.dim,
+        "vocab_size": dec.vocab_size,
+        "downsample_factor": enc.downsample_factor,
+        "max_seq_len": options.max_seq_len,
+        "sliding_window": decoder_window,
+        "max_enc_len": options.max_enc_len,
+        "max_audio_tokens": max_audio_tokens,
+        "encoder_block_tokens": encoder_block_mel_frames() // config.mel_frames_per_token,
+        "conv1_pad": CONV1_LEFT_PAD,
+        "conv2_pad": CONV2_LEFT_PAD,
+        "delay_tokens": delay_tokens,
+        "n_left_pad_tokens": config.audio.n_left_pad_tokens,
+        "n_right_pad_tokens": delay_tokens + (config.right_pad_tokens - config.delay_tokens),
+        "bos_id": tokens.bos,
+        "eos_id": tokens.eos,
+        "streaming_pad_id": tokens.streaming_pad,
+        "streaming_word_id": tokens.streaming_word,
+        "n_special_tokens": tokens.n_special,
+    }
+
+
+def preprocessor_metadata(config: VoxtralConfig, max_audio_tokens: int) -> dict:
+    return {**audio_metadata(config), "program": "preprocessor", "max_audio_tokens": max_audio_tokens}
+
+
+def _quantization_label(options: ExportOptions) -> str:
+    """e.g. 'encoder=8da4w/32 decoder=8da4w/32 embedding=8w' or 'none'."""
+    parts = []
+    if options.qlinear_encoder:
+        parts.append(f"encoder={options.qlinear_encoder}/{options.qlinear_encoder_group_size}")
+    if options.qlinear:
+        parts.append(f"decoder={options.qlinear}/{options.qlinear_group_size}")
+    if options.qembedding:
+        parts.append(f"embedding={options.qembedding}" + (f"/{options.qembedding_group_size}"
+                                                          if options.qembedding_group_size else ""))
+    return " ".join(parts) or "none"

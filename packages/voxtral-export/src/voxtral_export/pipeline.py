@@ -1,0 +1,108 @@
+"""Checkpoint directory -> bundle directory (model.pte, preprocessor.pte, tekken.json, manifest.json).
+
+Everything is written into a sibling temporary directory first and moved into place only when complete, so a failed
+or interrupted export leaves nothing half-written in the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from voxtral_model.checkpoint import CheckpointError, check_checkpoint, load_model
+from voxtral_model.config import TOKENIZER_FILE, WEIGHTS_FILE, ConfigError, load_config
+from voxtral_model.model import RuntimeOptions
+
+from .lower import lower_to_executorch
+from .metadata import model_metadata, preprocessor_metadata
+from .options import ExportError, ExportOptions, validate_against_config, validate_flags
+from .programs import export_model_methods, export_preprocessor_methods, max_audio_tokens
+from .progress import Progress, peak_rss_gib
+from .quantize import quantize_model
+
+MODEL_FILE = "model.pte"
+PREPROCESSOR_FILE = "preprocessor.pte"
+MANIFEST_FILE = "manifest.json"
+
+
+def validate(options: ExportOptions):
+    """All checks that need no heavy work: flags, platform, config and checkpoint headers. Returns the config."""
+    validate_flags(options)
+    try:
+        config = load_config(options.model_path)
+        check_checkpoint(Path(options.model_path) / WEIGHTS_FILE, config)
+    except (ConfigError, CheckpointError) as e:
+        raise ExportError(str(e)) from e
+    validate_against_config(options, config)
+    return config
+
+
+def _register_runtime_ops() -> None:
+    """Quantized-op and llama custom-op kernels/meta functions must exist while tracing and lowering."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+def export_bundle(options: ExportOptions, progress: Progress | None = None) -> Path:
+    progress = progress or Progress()
+    config = validate(options)
+    _register_runtime_ops()
+    dtype = torch.bfloat16 if options.dtype == "bf16" else torch.float32
+    delay = options.delay_tokens or config.delay_tokens
+    output_dir = Path(options.output_dir)
+    staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with progress.phase("load checkpoint"):
+            # bf16 is the checkpoint's own precision: quantizing from it loses nothing and halves peak memory.
+            load_dtype = torch.bfloat16 if options.quantized else dtype
+            model = load_model(options.model_path, RuntimeOptions(
+                layout=options.layout, streaming=options.streaming, max_seq_len=options.max_seq_len,
+                delay_tokens=delay, decoder_window=options.sliding_window, encoder_window=options.max_enc_len,
+                dtype=load_dtype), config=config)
+        with progress.phase("quantize" if options.quantized else "cast"):
+            skipped = quantize_model(model, options, dtype, progress=lambda m: progress.say(f"  {m}"))
+            if skipped:
+                progress.say(f"  left unquantized (input width not a multiple of the group size): {len(skipped)} "
+                             f"linears, e.g. {skipped[0]}")
+        n_audio_tokens = max_audio_tokens(config, options.max_audio_len)
+        with progress.phase("export model methods"):
+            programs = export_model_methods(model, options.streaming, options.max_seq_len, options.max_audio_len)
+        metadata = model_metadata(config, options, delay, model.decoder.window, n_audio_tokens)
+        with progress.phase(f"lower model.pte to {options.backend}"):
+            (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata))
+        del programs, model
+        with progress.phase("export and lower preprocessor.pte"):
+            pre = export_preprocessor_methods(config, options.max_audio_len)
+            # The mel frontend stays fp32 and is tiny: XNNPACK where available, portable otherwise.
+            pre_backend = "portable" if options.backend == "portable" else "xnnpack"
+            (staging / PREPROCESSOR_FILE).write_bytes(
+                lower_to_executorch(pre, pre_backend, preprocessor_metadata(config, n_audio_tokens)))
+        shutil.copyfile(Path(options.model_path) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+        manifest = {
+            "format": "voxtral-realtime-bundle",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": str(Path(options.model_path).resolve()),
+            "options": options.to_json(),
+            "unquantized_linears": skipped,
+            "files": {name: (staging / name).stat().st_size for name in (MODEL_FILE, PREPROCESSOR_FILE,
+                                                                          TOKENIZER_FILE)},
+            "metadata": metadata,
+            "phase_seconds": {k: round(v, 2) for k, v in progress.durations.items()},
+            "peak_memory_gib": round(peak_rss_gib(), 2),
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE, MANIFEST_FILE):
+            os.replace(staging / name, output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress.say(f"wrote {output_dir} (model.pte {manifest['files'][MODEL_FILE] / 2**20:.1f} MiB); "
+                 f"peak memory {peak_rss_gib():.1f} GiB")
+    return output_dir
+

@@ -1,0 +1,135 @@
+"""The methods of model.pte and preprocessor.pte, and their torch.export.
+
+Every method takes and returns fp32 (and int64 positions/ids): a bf16 program casts inside, so the runtime never
+needs to know the model dtype. Exports are strict: cache positions come from `.item()` on position tensors, which
+strict mode turns into symbolic values instead of baking in the sample's value. The contract is in docs/pte.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.export import Dim, ExportedProgram, export
+
+from voxtral_model.config import VoxtralConfig
+from voxtral_model.encoder import ENCODER_BLOCK_FRAMES, StreamingEncoder
+from voxtral_model.mel import LogMel, stream_window_samples
+from voxtral_model.model import VoxtralRealtime
+
+AUDIO_ENCODER = "audio_encoder"
+ENCODE_AUDIO_CHUNK = "encode_audio_chunk"
+TEXT_DECODER = "text_decoder"
+TOKEN_EMBEDDING = "token_embedding"
+PREPROCESS = "forward"
+PREPROCESS_STREAM = "stream_window"
+
+
+class AudioEncoderMethod(nn.Module):
+    """mel (1, n_mels, 256k) -> audio embeddings (1, 32k, dim); pad the audio with silence to whole blocks."""
+
+    def __init__(self, model: VoxtralRealtime):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_audio(mel).float()
+
+
+class EncodeAudioChunkMethod(nn.Module):
+    """mel (1, n_mels, 8) + encoder positions (4,) -> one audio embedding (1, 1, dim)."""
+
+    def __init__(self, step: StreamingEncoder):
+        super().__init__()
+        self.step = step
+
+    def forward(self, mel_chunk: torch.Tensor, enc_input_pos: torch.Tensor) -> torch.Tensor:
+        return self.step(mel_chunk, enc_input_pos).float()
+
+
+class TextDecoderMethod(nn.Module):
+    """input_embeds (1, S, dim) + cache_position (S,) -> logits (1, S, vocab)."""
+
+    def __init__(self, model: VoxtralRealtime):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_embeds: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(input_embeds, cache_position).float()
+
+
+class TokenEmbeddingMethod(nn.Module):
+    """token_ids (1, S) -> embeddings (1, S, dim)."""
+
+    def __init__(self, model: VoxtralRealtime):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(token_ids).float()
+
+
+class StreamWindowMethod(nn.Module):
+    """One streaming step's samples (stream_window_samples,) -> its mel frames (1, n_mels, 8)."""
+
+    def __init__(self, log_mel: LogMel):
+        super().__init__()
+        self.log_mel = log_mel
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        return self.log_mel.stream_window(window)
+
+
+def encoder_block_mel_frames() -> int:
+    """The offline audio encoder takes mel lengths in multiples of this (its attention runs in blocks)."""
+    return 2 * ENCODER_BLOCK_FRAMES
+
+
+def max_audio_tokens(config: VoxtralConfig, max_audio_len_s: float) -> int:
+    """Tokens of the longest padded offline input: left pad + audio + alignment + right pad."""
+    return (config.audio.n_left_pad_tokens + int(-(-max_audio_len_s * config.audio.frame_rate // 1))
+            + config.right_pad_tokens)
+
+
+def export_model_methods(model: VoxtralRealtime, streaming: bool, max_seq_len: int,
+                         max_audio_len_s: float) -> dict[str, ExportedProgram]:
+    """The programs of model.pte: the audio encoder (whole signal or one 80 ms step), decoder, embedding."""
+    config, dim = model.config, model.config.decoder.dim
+    frames = config.mel_frames_per_token
+    n_mels = config.encoder.num_mel_bins
+    longest_call = min(max_seq_len, model.decoder.window) if streaming else max_seq_len
+    seq = Dim("seq_len", min=1, max=longest_call)
+    programs: dict[str, ExportedProgram] = {}
+    with torch.no_grad():
+        if streaming:
+            step = EncodeAudioChunkMethod(model.streaming_encoder())
+            sample = (torch.zeros(1, n_mels, frames), torch.arange(4, dtype=torch.int64))
+            programs[ENCODE_AUDIO_CHUNK] = export(step, sample, strict=True)
+        else:
+            block = encoder_block_mel_frames()
+            most = max(-(-max_audio_tokens(config, max_audio_len_s) * frames // block), 3)
+            blocks = Dim("encoder_blocks", min=1, max=most)
+            # The sample spans several blocks so that export does not specialise the block count.
+            programs[AUDIO_ENCODER] = export(AudioEncoderMethod(model), (torch.zeros(1, n_mels, block * min(8, most)),),
+                                             dynamic_shapes={"mel": {2: block * blocks}}, strict=True)
+        sample_len = min(4, longest_call)
+        programs[TEXT_DECODER] = export(
+            TextDecoderMethod(model), (torch.zeros(1, sample_len, dim), torch.arange(sample_len)),
+            dynamic_shapes={"input_embeds": {1: seq}, "cache_position": {0: seq}}, strict=True)
+        programs[TOKEN_EMBEDDING] = export(
+            TokenEmbeddingMethod(model), (torch.ones(1, sample_len, dtype=torch.int64),),
+            dynamic_shapes={"token_ids": {1: seq}}, strict=True)
+    return programs
+
+
+def export_preprocessor_methods(config: VoxtralConfig, max_audio_len_s: float) -> dict[str, ExportedProgram]:
+    """preprocessor.pte: the whole padded signal (a multiple of one token) and one streaming window."""
+    log_mel = LogMel(config.encoder)
+    tok = config.samples_per_token
+    tokens = Dim("tokens", min=1, max=max_audio_tokens(config, max_audio_len_s))
+    window = stream_window_samples(config.encoder, config.mel_frames_per_token)
+    with torch.no_grad():
+        return {
+            PREPROCESS: export(log_mel, (torch.zeros(tok * 10),), dynamic_shapes={"waveform": {0: tok * tokens}},
+                               strict=True),
+            PREPROCESS_STREAM: export(StreamWindowMethod(log_mel), (torch.zeros(window),), strict=True),
+        }

@@ -1,0 +1,115 @@
+"""torchao quantization of the model's linears and embedding (reference.md §11), one layer at a time.
+
+Layer by layer matters for the full model: it is loaded in bf16 (the checkpoint's own precision, so nothing is lost)
+and each layer is upcast to the export dtype and quantized on its own, so the fp32 copy of the whole model never
+exists. Conv layers are never quantized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from voxtral_model.model import VoxtralRealtime
+
+from .options import GROUPED, ExportOptions
+
+
+def linear_config(scheme: str, group_size: int):
+    """The torchao config for a linear scheme (as the ExecuTorch example maps its flags)."""
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+
+    granularity = PerGroup(group_size) if scheme in GROUPED else PerAxis(0)
+    if scheme == "4w":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=granularity,
+                                    intx_choose_qparams_algorithm="hqq_scale_only")
+    if scheme == "8w":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=granularity,
+                                    intx_choose_qparams_algorithm="hqq_scale_only")
+    if scheme == "8da4w":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=granularity,
+                                                     intx_choose_qparams_algorithm="hqq_scale_only")
+    if scheme == "8da8w":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=granularity,
+                                                     intx_choose_qparams_algorithm="hqq_scale_only")
+    if scheme == "fpa4w":  # Metal only; needs torchao built with its experimental MPS kernels (macOS)
+        from torchao.experimental.quant_api import UIntxWeightOnlyConfig
+
+        return UIntxWeightOnlyConfig(group_size=group_size, bitwidth=4, uintx_choose_qparams_algorithm="hqq")
+    raise ValueError(f"unknown linear quantization {scheme!r}")
+
+
+def embedding_config(scheme: str, group_size: int):
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import IntxWeightOnlyConfig
+
+    granularity = PerGroup(group_size) if group_size else PerAxis(0)
+    bits = {"8w": torch.int8, "4w": torch.int4}[scheme]
+    return IntxWeightOnlyConfig(weight_dtype=bits, granularity=granularity,
+                                intx_choose_qparams_algorithm="hqq_scale_only")
+
+
+def _linears_fit(group_size: int | None) -> Callable[[nn.Module, str], bool]:
+    def fits(module: nn.Module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear) and (not group_size or module.in_features % group_size == 0)
+
+    return fits
+
+
+def _encoder_units(model: VoxtralRealtime) -> Iterator[nn.Module]:
+    yield from model.encoder.layers
+    yield model.adapter
+
+
+def _decoder_units(model: VoxtralRealtime) -> Iterator[nn.Module]:
+    yield from model.decoder.layers
+
+
+def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.dtype,
+                   progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Folds the ada-norm scales, casts to `dtype` and quantizes in place, unit by unit. Returns the linears left
+    unquantized because the group size does not divide their input width (validation makes this empty)."""
+    from torchao.quantization.quant_api import quantize_
+
+    skipped: list[str] = []
+
+    def run(units: list[nn.Module], scheme: str | None, group_size: int, label: str) -> None:
+        for i, unit in enumerate(units):
+            unit.to(dtype)
+            if scheme:
+                gs = group_size if scheme in GROUPED else None
+                fits = _linears_fit(gs)
+                skipped.extend(f"{label}[{i}].{name}" for name, m in unit.named_modules()
+                               if isinstance(m, nn.Linear) and not fits(m, name))
+                quantize_(unit, linear_config(scheme, group_size), filter_fn=fits)
+            progress(f"{label} {i + 1}/{len(units)}")
+
+    model.decoder.fold_time_conditioning()  # before any cast: the scale is computed in fp32
+    if options.quantized:
+        model.decoder.untie_output()  # embedding and head get their own formats
+    run(list(_encoder_units(model)), options.qlinear_encoder, options.qlinear_encoder_group_size, "encoder")
+    run(list(_decoder_units(model)), options.qlinear, options.qlinear_group_size, "decoder")
+    head = model.decoder.output
+    head.to(dtype)
+    if options.qlinear:
+        quantize_(head, linear_config(options.qlinear, options.qlinear_group_size), filter_fn=_linears_fit(None))
+    embedding = model.decoder.tok_embeddings
+    embedding.to(dtype)
+    if options.qembedding:
+        quantize_(embedding, embedding_config(options.qembedding, options.qembedding_group_size),
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+    _cast_remaining(model, dtype)
+    return skipped
+
+
+def _cast_remaining(model: VoxtralRealtime, dtype: torch.dtype) -> None:
+    """Norms, convs and the dtype-bearing buffers (KV caches, t_cond); quantized layers are left alone."""
+    for module in (*model.encoder.conv_layers, model.encoder.norm, model.decoder.norm):
+        module.to(dtype)
+    for module in model.modules():
+        if hasattr(module, "init_buffers") and hasattr(module, "dtype"):
+            module.dtype = dtype
+            module.init_buffers()

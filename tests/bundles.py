@@ -1,0 +1,41 @@
+"""Exported bundles for tests, built at most once per test session (lowering takes about a minute each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from voxtral_export.options import ExportOptions
+from voxtral_export.pipeline import export_bundle
+from voxtral_export.progress import Progress
+
+# name -> export options besides model_path/output_dir. Quantized variants cover each scheme at least once per backend:
+# A = decoder 8da4w, encoder 8w, embedding 8w; B = decoder 4w, encoder 8da8w.
+QUANT_A = dict(qlinear="8da4w", qlinear_encoder="8w", qembedding="8w")
+QUANT_B = dict(qlinear="4w", qlinear_encoder="8da8w")
+# Small windows so that a few seconds of audio wrap both ring caches.
+SMALL_WINDOWS = dict(sliding_window=48, max_enc_len=50)
+
+VARIANTS: dict[str, dict] = {
+    "xnnpack-stream": dict(backend="xnnpack", streaming=True),
+    "xnnpack-offline": dict(backend="xnnpack", max_seq_len=1024, max_audio_len=75),
+    "portable-offline": dict(backend="portable", max_seq_len=512, max_audio_len=30),
+    "portable-stream-small": dict(backend="portable", streaming=True, **SMALL_WINDOWS),
+    "xnnpack-offline-qa": dict(backend="xnnpack", max_seq_len=512, max_audio_len=30, **QUANT_A),
+    "xnnpack-stream-qb": dict(backend="xnnpack", streaming=True, **QUANT_B),
+    "portable-stream-qa": dict(backend="portable", streaming=True, **QUANT_A),
+    "portable-offline-qb": dict(backend="portable", max_seq_len=512, max_audio_len=30, **QUANT_B),
+}
+
+
+class BundleFactory:
+    def __init__(self, model_dir: Path, root: Path):
+        self.model_dir, self.root = model_dir, root
+        self.built: dict[str, Path] = {}
+
+    def options(self, name: str) -> ExportOptions:
+        return ExportOptions(model_path=self.model_dir, output_dir=self.root / name, **VARIANTS[name])
+
+    def __call__(self, name: str) -> Path:
+        if name not in self.built:
+            self.built[name] = export_bundle(self.options(name), Progress(enabled=False))
+        return self.built[name]
