@@ -1,0 +1,182 @@
+"""Loading exported programs: bundle lookup, the metadata contract (docs/pte.md), method handles per session.
+
+A loaded program keeps its methods' state (KV caches, conv state) inside, so every concurrent session needs its own
+`ModelInstance`; the metadata and tokenizer are read once into a shared `ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .tokenizer import Tekken, TokenizerError
+
+MODEL_FILE = "model.pte"
+PREPROCESSOR_FILE = "preprocessor.pte"
+TOKENIZER_FILE = "tekken.json"
+MANIFEST_FILE = "manifest.json"
+PTE_FORMAT = "voxtral-realtime"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+AUDIO_ENCODER = "audio_encoder"
+ENCODE_AUDIO_CHUNK = "encode_audio_chunk"
+TEXT_DECODER = "text_decoder"
+TOKEN_EMBEDDING = "token_embedding"
+PREPROCESS = "forward"
+PREPROCESS_STREAM = "stream_window"
+
+
+class ProgramError(ValueError):
+    """A missing file, a .pte that is not ours, or programs that do not fit together."""
+
+
+def _register_kernels() -> None:
+    """Kernels for ExecuTorch's llama custom ops and quantized embeddings must be registered before loading."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    from executorch.kernels import quantized  # noqa: F401
+
+
+def _load(path: Path):
+    from executorch.runtime import Runtime
+
+    try:
+        return Runtime.get().load_program(str(path))
+    except Exception as e:  # the runtime raises RuntimeError/ValueError with terse codes
+        raise ProgramError(f"{path}: not a loadable ExecuTorch program ({e})") from e
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    model: Path
+    preprocessor: Path
+    tokenizer: Path
+
+    @classmethod
+    def resolve(cls, bundle: str | Path | None = None, model: str | Path | None = None,
+                preprocessor: str | Path | None = None, tokenizer: str | Path | None = None) -> "BundlePaths":
+        """Explicit paths win; missing ones are taken from the bundle directory (voxtral-export's output)."""
+        base = Path(bundle) if bundle else None
+        if base is not None and not base.is_dir():
+            raise ProgramError(f"{base}: bundle directory not found (voxtral-export --output-dir writes one)")
+
+        def pick(explicit, name: str, flag: str) -> Path:
+            if explicit:
+                path = Path(explicit)
+            elif base is not None:
+                path = base / name
+            else:
+                raise ProgramError(f"no {name}: pass {flag} or a bundle directory")
+            if not path.is_file():
+                raise ProgramError(f"{path}: file not found")
+            return path
+
+        return cls(model=pick(model, MODEL_FILE, "--model_path"),
+                   preprocessor=pick(preprocessor, PREPROCESSOR_FILE, "--preprocessor_path"),
+                   tokenizer=pick(tokenizer, TOKENIZER_FILE, "--tokenizer_path"))
+
+
+def read_constants(program, path: Path) -> dict:
+    """Every zero-input method's value; refuses programs without our format marker."""
+    names = set(program.method_names)
+    if "pte_format" not in names:
+        raise ProgramError(f"{path}: not a Voxtral Realtime program (no 'pte_format' metadata); export it with "
+                           f"voxtral-export")
+    constants = {}
+    for name in names:
+        method = program.load_method(name)
+        if method.metadata.num_inputs() == 0:
+            constants[name] = method.execute([])[0]
+    if constants.get("pte_format") != PTE_FORMAT:
+        raise ProgramError(f"{path}: pte_format is {constants.get('pte_format')!r}, expected {PTE_FORMAT!r}")
+    if constants.get("pte_format_version") not in SUPPORTED_FORMAT_VERSIONS:
+        raise ProgramError(f"{path}: format version {constants.get('pte_format_version')} is not supported by this "
+                           f"runtime (supports {SUPPORTED_FORMAT_VERSIONS}); re-export or upgrade voxtral-runtime")
+    return constants
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about the served model that sessions share: file paths, metadata, tokenizer."""
+
+    paths: BundlePaths
+    meta: dict
+    preprocessor_meta: dict
+    tokenizer: Tekken
+    methods: frozenset = field(default_factory=frozenset)
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.meta["streaming"])
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        m = self.meta
+        return [m["bos_id"]] + [m["streaming_pad_id"]] * (m["n_left_pad_tokens"] + m["delay_tokens"])
+
+    def describe(self) -> dict:
+        m = self.meta
+        return {
+            "model": str(self.paths.model), "backend": m["backend"], "quantization": m["quantization"],
+            "dtype": m["dtype"], "streaming": self.streaming, "delay_ms": m["delay_tokens"] * 1000 * m["step_samples"]
+            // m["sample_rate"], "step_ms": 1000 * m["step_samples"] // m["sample_rate"],
+            "decoder_window_tokens": m["sliding_window"], "encoder_window_frames": m["max_enc_len"],
+            "max_seq_len": m["max_seq_len"], "vocab_size": m["vocab_size"], "sample_rate": m["sample_rate"],
+        }
+
+
+def load_spec(paths: BundlePaths) -> ModelSpec:
+    _register_kernels()
+    model = _load(paths.model)
+    meta = read_constants(model, paths.model)
+    if meta.get("program") != "model":
+        raise ProgramError(f"{paths.model}: this is the {meta.get('program')} program, not model.pte")
+    pre = _load(paths.preprocessor)
+    pre_meta = read_constants(pre, paths.preprocessor)
+    if pre_meta.get("program") != "preprocessor":
+        raise ProgramError(f"{paths.preprocessor}: this is the {pre_meta.get('program')} program, not "
+                           f"preprocessor.pte")
+    for key in ("sample_rate", "num_mel_bins", "hop_length", "step_samples", "stream_window_samples",
+                "log_mel_floor"):
+        if meta[key] != pre_meta[key]:
+            raise ProgramError(f"{paths.preprocessor} does not belong to {paths.model}: {key} is {pre_meta[key]} "
+                               f"there and {meta[key]} in the model")
+    try:
+        tokenizer = Tekken.load(paths.tokenizer)
+        tokenizer.check_vocab_size(meta["vocab_size"])
+    except TokenizerError as e:
+        raise ProgramError(str(e)) from e
+    if (tokenizer.bos_id, tokenizer.eos_id) != (meta["bos_id"], meta["eos_id"]):
+        raise ProgramError(f"{paths.tokenizer}: BOS/EOS ids {tokenizer.bos_id}/{tokenizer.eos_id} differ from the "
+                           f"program's {meta['bos_id']}/{meta['eos_id']}")
+    return ModelSpec(paths=paths, meta=meta, preprocessor_meta=pre_meta, tokenizer=tokenizer,
+                     methods=frozenset(model.method_names))
+
+
+def read_manifest(paths: BundlePaths) -> dict:
+    manifest = paths.model.parent / MANIFEST_FILE
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+class ModelInstance:
+    """One session's loaded programs and method handles (own KV caches and conv state)."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        model = _load(spec.paths.model)
+        pre = _load(spec.paths.preprocessor)
+        if spec.streaming:
+            self.encode_chunk = model.load_method(ENCODE_AUDIO_CHUNK)
+            self.stream_window = pre.load_method(PREPROCESS_STREAM)
+        else:
+            self.audio_encoder = model.load_method(AUDIO_ENCODER)
+            self.preprocess = pre.load_method(PREPROCESS)
+        self.text_decoder = model.load_method(TEXT_DECODER)
+        self.token_embedding = model.load_method(TOKEN_EMBEDDING)
+
+    @staticmethod
+    def run(method, *inputs: torch.Tensor) -> torch.Tensor:
+        """The method's first output. It aliases the method's memory: valid until the method runs again."""
+        return method.execute(list(inputs))[0]

@@ -1,0 +1,371 @@
+"""The inference session: Mistral's reference schedule over loaded ExecuTorch programs (reference.md Appendix D).
+
+Audio is framed in "padded-stream" coordinates: 32 tokens of silence, then the client's audio, then, at a flush or
+the end, silence up to a whole token plus 17 tokens (delay + 1 + 10) so the delayed last words come out. Step s
+needs padded samples up to 1280 s + 1320; it encodes one 80 ms token and feeds the decoder at position s: the
+prompt (BOS + 38 [STREAMING_PAD]) over steps 0..38 as one batched prefill, then the previously sampled token.
+
+Live-stream policy (documented in docs/runtime.md): the model's EOS in the middle of a live stream ends a segment
+but not the session: an event marks it, [STREAMING_PAD] ("nothing new") is fed back instead of EOS and decoding
+goes on. The streaming decoder's ring cache and on-the-fly RoPE make positions unbounded, so a session can run for
+hours with flat memory. At the end of the audio, EOS stops decoding as in the reference.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .programs import ModelInstance, ModelSpec
+from .sampling import Sampler
+from .tokenizer import StreamingDetokenizer
+
+FLUSH, END_OF_AUDIO, MODEL_EOS, MAX_NEW_TOKENS = "flush", "end_of_audio", "model_eos", "max_new_tokens"
+
+
+class SessionError(ValueError):
+    """Bad input to a session (wrong audio, audio after the end, too long for an offline program)."""
+
+
+@dataclass
+class TextPiece:
+    """Newly decoded text and the client-audio span (seconds) it belongs to."""
+
+    text: str
+    start_s: float
+    end_s: float
+    step: int  # decoder step over client audio: padded step minus the left padding
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SegmentEnd:
+    reason: str
+    text: str
+    start_s: float
+    end_s: float
+
+
+class Timeline:
+    """Maps padded-stream sample positions to seconds of client audio (server-inserted silence takes no time)."""
+
+    def __init__(self, left_pad: int, sample_rate: int):
+        self.sample_rate = sample_rate
+        self.starts = [left_pad]  # padded position where each run of client audio starts
+        self.client_before = [0]  # client samples before that run
+
+    def insert_silence(self, at: int, client_samples: int, n: int) -> None:
+        self.starts.append(at + n)
+        self.client_before.append(client_samples)
+
+    def seconds(self, padded: int) -> float:
+        i = max(bisect.bisect_right(self.starts, padded) - 1, 0)
+        return (self.client_before[i] + max(padded - self.starts[i], 0)) / self.sample_rate
+
+
+class TokenLoop:
+    """Decoder side of a session: prompt prefill, then one sampled token per audio embedding."""
+
+    def __init__(self, instance: ModelInstance, prompt_embeds: torch.Tensor, sampler: Sampler):
+        self.instance, self.sampler = instance, sampler
+        meta = instance.spec.meta
+        self.prompt_embeds = prompt_embeds  # (1, P, dim), shared by all sessions
+        self.prompt_len = prompt_embeds.shape[1]
+        self.eos, self.pad = meta["eos_id"], meta["streaming_pad_id"]
+        self.position = 0
+        self.pending: list[torch.Tensor] = []
+        self.next_input = self.pad
+        self.token_tensor = torch.zeros(1, 1, dtype=torch.int64)
+        self.position_tensor = torch.zeros(1, dtype=torch.int64)
+
+    def reset(self) -> None:
+        self.position, self.pending, self.next_input = 0, [], self.pad
+
+    def step(self, audio_embed: torch.Tensor) -> int | None:
+        """audio_embed (1, 1, dim) for the next position -> the sampled token, or None while the prompt fills."""
+        run = self.instance.run
+        position = self.position
+        self.position += 1
+        if position < self.prompt_len - 1:
+            # Program outputs alias the method's memory, which its next call overwrites: keep a copy.
+            self.pending.append(audio_embed.clone())
+            return None
+        if position == self.prompt_len - 1:
+            audio = torch.cat([*self.pending, audio_embed], dim=1)
+            self.pending = []
+            logits = run(self.instance.text_decoder, audio + self.prompt_embeds, torch.arange(self.prompt_len))
+        else:
+            self.token_tensor[0, 0] = self.next_input
+            self.position_tensor[0] = position
+            embed = audio_embed + run(self.instance.token_embedding, self.token_tensor)
+            logits = run(self.instance.text_decoder, embed, self.position_tensor)
+        token = self.sampler(logits[0, -1])
+        self.next_input = self.pad if token == self.eos else token
+        return token
+
+
+class Session:
+    """One transcription session; feed audio in chunks of any size, flush, finish. Returns events as they occur."""
+
+    def __init__(self, spec: ModelSpec, instance: ModelInstance, prompt_embeds: torch.Tensor,
+                 sampler: Sampler | None = None, max_new_tokens: int | None = None, token_ids: bool = False):
+        meta = spec.meta
+        self.spec, self.instance = spec, instance
+        self.rate = meta["sample_rate"]
+        self.tok = meta["step_samples"]
+        self.left_pad = meta["n_left_pad_tokens"] * self.tok
+        self.right_pad_tokens = meta["n_right_pad_tokens"]
+        self.delay = meta["delay_tokens"]
+        self.eos = meta["eos_id"]
+        self.loop = TokenLoop(instance, prompt_embeds, sampler or Sampler())
+        self.detok = StreamingDetokenizer(spec.tokenizer)
+        self.max_new_tokens = max_new_tokens
+        self.want_ids = token_ids
+        self.timeline = Timeline(self.left_pad, self.rate)
+        self.client_samples = 0
+        self.sampled = 0
+        self.pending_ids: list[int] = []
+        self.segment_text: list[str] = []
+        self.segment_start_s = 0.0
+        self.in_eos = False
+        self.stopped = False  # max_new_tokens reached
+        self.finished = False
+
+    # -- events -------------------------------------------------------------------------------------------------
+
+    def _token_events(self, token: int, step: int, events: list, mode: str) -> None:
+        """Turns a sampled token into events. EOS stops decoding at the end of audio (mode END_OF_AUDIO), ends a
+        segment in live audio (mode None), and is absorbed by a flush, whose own event ends the segment."""
+        self.sampled += 1
+        self.pending_ids.append(token)
+        if token == self.eos:
+            if mode == END_OF_AUDIO:
+                self.stopped = True
+            elif mode is None and not self.in_eos:
+                events.append(self._segment_end(MODEL_EOS, self._audio_end_s()))
+            self.in_eos = True
+            return
+        self.in_eos = False
+        text = self.detok.push(token)
+        if text or self.want_ids:
+            self._piece(text, step, events)
+        if self.max_new_tokens is not None and self.sampled >= self.max_new_tokens:
+            self.stopped = True
+            events.append(self._segment_end(MAX_NEW_TOKENS, self._audio_end_s()))
+
+    def _limit_reached(self) -> bool:
+        return self.max_new_tokens is not None and self.sampled >= self.max_new_tokens
+
+    def _piece(self, text: str, step: int, events: list) -> None:
+        belongs = (step - self.delay) * self.tok
+        start = self.timeline.seconds(belongs)
+        end = min(self.timeline.seconds(belongs + self.tok), self._audio_end_s())
+        events.append(TextPiece(text, start, max(end, start), step - self.left_pad // self.tok,
+                                self.pending_ids if self.want_ids else []))
+        self.pending_ids = []
+        self.segment_text.append(text)
+
+    def _segment_end(self, reason: str, end_s: float) -> SegmentEnd:
+        tail = self.detok.flush()
+        if tail:
+            self.segment_text.append(tail)
+        end = SegmentEnd(reason, "".join(self.segment_text), self.segment_start_s, max(end_s, self.segment_start_s))
+        self.segment_text, self.segment_start_s = [], end.end_s
+        return end
+
+    def _audio_end_s(self) -> float:
+        return self.client_samples / self.rate
+
+    @property
+    def audio_processed_s(self) -> float:
+        raise NotImplementedError
+
+    def _check_audio(self, samples: np.ndarray) -> np.ndarray:
+        if self.finished:
+            raise SessionError("audio after the end of the session")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(samples).all():
+            raise SessionError("audio contains NaN or infinite samples")
+        return samples
+
+
+class StreamingSession(Session):
+    """Over a streaming program: one encoder step and one decoder step per 80 ms of audio, as audio arrives."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        meta = self.spec.meta
+        self.window = meta["stream_window_samples"]
+        self.left_context = meta["stream_left_context"]
+        self.lookahead = meta["stream_lookahead"]
+        # Padded-stream buffer: holds samples [buf_start, buf_start + buf_len); starts with the left context of step
+        # 0 (zeros before the stream) and the 32 tokens of leading silence.
+        self.buf = np.zeros(max(1 << 16, 4 * self.left_pad), dtype=np.float32)
+        self.buf_start = -self.left_context
+        self.buf_len = self.left_context + self.left_pad
+        self.step_index = 0
+        self.enc_positions = torch.zeros(4, dtype=torch.int64)
+        self.frames_per_step = meta["downsample_factor"]
+
+    @property
+    def audio_processed_s(self) -> float:
+        return min(self.timeline.seconds(self.step_index * self.tok), self._audio_end_s())
+
+    def _append(self, samples: np.ndarray) -> None:
+        keep_from = self.step_index * self.tok - self.left_context  # oldest sample a future step needs
+        drop = keep_from - self.buf_start
+        if drop > 0:
+            self.buf[: self.buf_len - drop] = self.buf[drop : self.buf_len]
+            self.buf_start, self.buf_len = keep_from, self.buf_len - drop
+        need = self.buf_len + len(samples)
+        if need > len(self.buf):
+            grown = np.zeros(max(need, 2 * len(self.buf)), dtype=np.float32)
+            grown[: self.buf_len] = self.buf[: self.buf_len]
+            self.buf = grown
+        self.buf[self.buf_len : need] = samples
+        self.buf_len = need
+
+    def _run_steps(self, events: list, mode: str | None = None) -> None:
+        run, inst = self.instance.run, self.instance
+        end = self.buf_start + self.buf_len
+        while self.step_index * self.tok + self.tok + self.lookahead <= end:
+            s = self.step_index
+            if self.stopped:  # max_new_tokens reached or EOS at the end: consume audio without computing
+                self.step_index += 1
+                continue
+            offset = s * self.tok - self.left_context - self.buf_start
+            window = torch.from_numpy(self.buf[offset : offset + self.window])
+            mel = run(inst.stream_window, window)
+            base = s * self.frames_per_step
+            for i in range(self.frames_per_step):
+                self.enc_positions[i] = base + i
+            audio = run(inst.encode_chunk, mel, self.enc_positions)
+            self.step_index += 1
+            token = self.loop.step(audio)
+            if token is not None:
+                self._token_events(token, s, events, mode)
+
+    def feed(self, samples: np.ndarray) -> list:
+        samples = self._check_audio(samples)
+        events: list = []
+        if len(samples):
+            self.client_samples += len(samples)
+            self._append(samples)
+            self._run_steps(events)
+        return events
+
+    def _pad_out(self, extra_tokens: int) -> int:
+        """Appends silence to a whole token plus the right padding (+ extra tokens); returns samples inserted."""
+        end = self.buf_start + self.buf_len
+        align = (-(end - self.left_pad)) % self.tok if end > self.left_pad else 0
+        n = align + (self.right_pad_tokens + extra_tokens) * self.tok
+        self.timeline.insert_silence(end, self.client_samples, n)
+        self._append(np.zeros(n, dtype=np.float32))
+        return n
+
+    def flush(self) -> list:
+        """Emits what is pending as at the end of audio, then stays usable (the inserted silence stays too)."""
+        if self.finished:
+            raise SessionError("flush after the end of the session")
+        events: list = []
+        self._pad_out(extra_tokens=1)  # one more token of silence: the look-ahead of the last padded step
+        self._run_steps(events, FLUSH)
+        self.in_eos = False
+        if not self.stopped:
+            events.append(self._segment_end(FLUSH, self._audio_end_s()))
+        return events
+
+    def finish(self) -> list:
+        if self.finished:
+            return []
+        events: list = []
+        self._pad_out(extra_tokens=0)
+        self._append(np.zeros(self.lookahead, dtype=np.float32))
+        hit_limit = self._limit_reached()
+        self._run_steps(events, END_OF_AUDIO)
+        self.finished = True
+        if not hit_limit and not self._limit_reached():
+            events.append(self._segment_end(END_OF_AUDIO, self._audio_end_s()))
+        return events
+
+
+class OfflineSession(Session):
+    """Over an offline program: audio is buffered; a flush or the end transcribes it in one encoder pass."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        meta = self.spec.meta
+        self.block = meta["encoder_block_tokens"] * self.tok
+        self.max_tokens = min(meta["max_seq_len"], meta["max_audio_tokens"])
+        self.chunks: list[np.ndarray] = []
+        self.buffered = 0
+        self.processed_s = 0.0
+
+    @property
+    def audio_processed_s(self) -> float:
+        return self.processed_s
+
+    @property
+    def max_segment_samples(self) -> int:
+        reserved = self.spec.meta["n_left_pad_tokens"] + self.right_pad_tokens + 1
+        return (self.max_tokens - reserved) * self.tok
+
+    def feed(self, samples: np.ndarray) -> list:
+        samples = self._check_audio(samples)
+        if self.buffered + len(samples) > self.max_segment_samples:
+            raise SessionError(f"more than {self.max_segment_samples / self.rate:.0f} s of audio in one segment: the "
+                               f"offline program holds at most {self.max_tokens} tokens; flush more often or use a "
+                               f"streaming export")
+        self.chunks.append(samples)
+        self.buffered += len(samples)
+        self.client_samples += len(samples)
+        return []
+
+    def _transcribe(self, events: list) -> None:
+        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
+        self.chunks, self.buffered = [], 0
+        segment_start = self.client_samples - len(audio)
+        align = (-len(audio)) % self.tok
+        n_tok = (self.left_pad + len(audio) + align) // self.tok + self.right_pad_tokens
+        total = -(-n_tok * self.tok // self.block) * self.block  # silence up to whole encoder blocks
+        padded = np.zeros(total, dtype=np.float32)
+        padded[self.left_pad : self.left_pad + len(audio)] = audio
+        run, inst = self.instance.run, self.instance
+        mel = run(inst.preprocess, torch.from_numpy(padded))
+        embeds = run(inst.audio_encoder, mel).clone()  # outputs alias the program's memory
+        self.timeline = Timeline(self.left_pad, self.rate)
+        self.timeline.client_before[0] = segment_start
+        self.loop.reset()
+        for position in range(n_tok):
+            token = self.loop.step(embeds[:, position : position + 1])
+            if token is not None:
+                self._token_events(token, position, events, END_OF_AUDIO)
+            if self.stopped:
+                break
+        self.stopped = self._limit_reached()  # an EOS ends only this segment
+        self.in_eos = False
+        self.processed_s = self._audio_end_s()
+
+    def flush(self) -> list:
+        if self.finished:
+            raise SessionError("flush after the end of the session")
+        events: list = []
+        if not self.stopped:
+            self._transcribe(events)
+            if not self.stopped:
+                events.append(self._segment_end(FLUSH, self._audio_end_s()))
+        return events
+
+    def finish(self) -> list:
+        if self.finished:
+            return []
+        events: list = []
+        if not self.stopped:
+            self._transcribe(events)
+            if not self.stopped:
+                events.append(self._segment_end(END_OF_AUDIO, self._audio_end_s()))
+        self.finished = True
+        return events

@@ -1,0 +1,140 @@
+"""`voxtral-runtime transcribe`: files, simulated streams and stdin microphone audio, locally."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .audio import AudioError, load_audio
+from .engine import Engine
+from .programs import BundlePaths, ProgramError
+from .session import SegmentEnd, SessionError, TextPiece
+
+MIC_CHUNK_MS = 80
+PROGRESS_EVERY_S = 2.0
+
+
+class Printer:
+    """Prints text as it is decoded, or one JSON object per event."""
+
+    def __init__(self, as_json: bool, out=sys.stdout):
+        self.as_json, self.out = as_json, out
+        self.text: list[str] = []
+
+    def __call__(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, TextPiece):
+                self.text.append(event.text)
+                if self.as_json:
+                    self._json({"type": "text", "text": event.text, "start_s": round(event.start_s, 3),
+                                "end_s": round(event.end_s, 3), "step": event.step, "token_ids": event.token_ids})
+                else:
+                    self.out.write(event.text)
+            elif isinstance(event, SegmentEnd):
+                if self.as_json:
+                    self._json({"type": "final", "reason": event.reason, "text": event.text,
+                                "start_s": round(event.start_s, 3), "end_s": round(event.end_s, 3)})
+                elif event.text:
+                    self.out.write("\n")
+            self.out.flush()
+
+    def _json(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def _progress(session, total_s: float, started: float, last: list[float]) -> None:
+    now = time.monotonic()
+    if now - last[0] >= PROGRESS_EVERY_S:
+        last[0] = now
+        done = session.audio_processed_s
+        print(f"[{done:7.1f} / {total_s:.1f} s audio, {now - started:.1f} s elapsed]", file=sys.stderr, flush=True)
+
+
+def transcribe_file(engine: Engine, audio_path: Path, printer: Printer, streaming: bool, chunk_ms: float,
+                    **session_options) -> None:
+    audio = load_audio(audio_path, engine.spec.meta["sample_rate"])
+    session = engine.session(streaming=streaming, **session_options)
+    rate = engine.spec.meta["sample_rate"]
+    chunk = max(1, int(rate * chunk_ms / 1000)) if streaming else max(len(audio), 1)
+    started, last = time.monotonic(), [time.monotonic()]
+    total_s = len(audio) / rate
+    for start in range(0, len(audio), chunk):
+        printer(session.feed(audio[start : start + chunk]))
+        _progress(session, total_s, started, last)
+    printer(session.finish())
+    elapsed = time.monotonic() - started
+    print(f"[{total_s:.1f} s of audio in {elapsed:.1f} s, real-time factor {elapsed / max(total_s, 1e-9):.2f}]",
+          file=sys.stderr)
+
+
+def transcribe_stdin(engine: Engine, printer: Printer, chunk_ms: float, stdin=None, **session_options) -> None:
+    """Raw float32 mono samples at the model's rate on stdin (e.g. from ffmpeg); Ctrl+C or EOF ends."""
+    stdin = stdin or sys.stdin.buffer
+    session = engine.session(streaming=True, **session_options)
+    chunk_bytes = 4 * max(1, int(engine.spec.meta["sample_rate"] * chunk_ms / 1000))
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        pending = b""
+        while not interrupted:
+            data = stdin.read1(chunk_bytes) if hasattr(stdin, "read1") else stdin.read(chunk_bytes)
+            if not data:
+                break
+            data = pending + data
+            usable = len(data) - len(data) % 4
+            pending = data[usable:]
+            if usable:
+                samples = np.frombuffer(data[:usable], dtype="<f4")
+                printer(session.feed(samples))
+        if interrupted:
+            printer(session.flush())
+        printer(session.finish())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("bundle", nargs="?", help="bundle directory from voxtral-export (model.pte, preprocessor.pte, "
+                                             "tekken.json); explicit paths below override its files")
+    p.add_argument("--model_path", "--model-path", help="model.pte")
+    p.add_argument("--tokenizer_path", "--tokenizer-path", help="tekken.json")
+    p.add_argument("--preprocessor_path", "--preprocessor-path", help="preprocessor.pte")
+    p.add_argument("--audio_path", "--audio-path", type=Path, help="WAV file (any sample rate and channel count)")
+    p.add_argument("--mic", action="store_true",
+                   help="read raw float32 mono samples at 16 kHz from stdin, e.g. "
+                        "'ffmpeg -f pulse -i default -ac 1 -ar 16000 -f f32le -' ; Ctrl+C flushes and ends")
+    p.add_argument("--streaming", action="store_true",
+                   help="feed the file in --chunk-ms chunks through the streaming session (needs a streaming "
+                        "program); without it the whole file is transcribed at once")
+    p.add_argument("--chunk-ms", type=float, default=MIC_CHUNK_MS, help="chunk size for --streaming and --mic")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed when --temperature > 0")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=None,
+                   help="stop after this many sampled tokens")
+    p.add_argument("--token-ids", action="store_true", help="with --json: include token ids (and control tokens)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event (text with timestamps, finals)")
+
+
+def run(args) -> int:
+    if bool(args.audio_path) == bool(args.mic):
+        print("voxtral-runtime transcribe: error: pass exactly one of --audio_path or --mic", file=sys.stderr)
+        return 2
+    try:
+        paths = BundlePaths.resolve(args.bundle, args.model_path, args.preprocessor_path, args.tokenizer_path)
+        engine = Engine(paths)
+        printer = Printer(args.json)
+        options = dict(temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                       token_ids=args.token_ids)
+        if args.mic:
+            transcribe_stdin(engine, printer, args.chunk_ms, **options)
+        else:
+            transcribe_file(engine, args.audio_path, printer, args.streaming, args.chunk_ms, **options)
+    except (ProgramError, AudioError, SessionError, ValueError) as e:
+        print(f"voxtral-runtime transcribe: error: {e}", file=sys.stderr)
+        return 2
+    return 0

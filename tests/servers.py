@@ -1,0 +1,49 @@
+"""Real servers on loopback for tests: in-process (fast) or as a `voxtral-runtime serve` process (signals)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from voxtral_runtime.programs import BundlePaths
+from voxtral_runtime.server import Server, ServerOptions
+
+
+def start_in_process(bundle: Path, **options) -> Server:
+    tls = options.pop("tls", None)
+    return Server(BundlePaths.resolve(bundle), "127.0.0.1", 0, ServerOptions(**options), tls)
+
+
+class ServerProcess:
+    """`voxtral-runtime serve` in a subprocess; waits until it serves (it writes its port when ready)."""
+
+    def __init__(self, bundle: Path, tmp: Path, *args: str, timeout: float = 180):
+        port_file = tmp / f"port-{time.monotonic_ns()}"
+        self.log = open(tmp / f"serve-{time.monotonic_ns()}.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "voxtral_runtime.cli", "serve", str(bundle), "--port",
+                                      "0", "--port-file", str(port_file), *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.output()}")
+            time.sleep(0.2)
+        self.address = f"127.0.0.1:{port_file.read_text()}"
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log.close()
