@@ -24,7 +24,8 @@ def _naive(q, k, v, window):
 def test_blocked_windowed_attention_matches_full_mask(seq_len):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(seq_len, 3, 8, generator=g) for _ in range(3))
-    assert torch.allclose(windowed_attention(q, k, v, 8), _naive(q, k, v, 8), atol=1e-5)
+    for window, block in [(8, 8), (8, 4), (7, 16), (10, 4)]:
+        assert torch.allclose(windowed_attention(q, k, v, window, block), _naive(q, k, v, window), atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["standard", "custom"])

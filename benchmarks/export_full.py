@@ -1,0 +1,54 @@
+"""Full-size export benchmark: peak memory and time of the README recipes on the real model's shapes.
+
+    uv run voxtral-model synth --out /data/full --dims full      # ~9 GB synthetic checkpoint (random weights)
+    uv run benchmarks/export_full.py /data/full --out /data/exports [--recipe xnnpack-streaming-8da4w ...]
+
+Each recipe runs `voxtral-export` in its own process (so peak memory is its own) and the figures come from the
+manifest it writes: phase durations and the process's peak RSS. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPES = {
+    "xnnpack-streaming-8da4w": ["--streaming", "--qlinear-encoder", "8da4w", "--qlinear", "8da4w",
+                                "--qembedding", "8w"],
+    "xnnpack-offline-8da4w": ["--qlinear-encoder", "8da4w", "--qlinear", "8da4w", "--qembedding", "8w"],
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--recipe", action="append", choices=sorted(RECIPES))
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more voxtral-export flags")
+    args = p.parse_args()
+    rows = []
+    for name in args.recipe or list(RECIPES):
+        out = args.out / name
+        cmd = [sys.executable, "-m", "voxtral_export.cli", "--model-path", str(args.checkpoint), "--output-dir",
+               str(out), *RECIPES[name], *args.extra]
+        print(f"$ voxtral-export {' '.join(cmd[3:])}", flush=True)
+        started = time.monotonic()
+        subprocess.run(cmd, check=True)
+        wall = time.monotonic() - started
+        manifest = json.loads((out / "manifest.json").read_text())
+        checkpoint_gib = (args.checkpoint / "consolidated.safetensors").stat().st_size / 2**30
+        rows.append((name, wall, manifest["peak_memory_gib"], checkpoint_gib, manifest["files"]["model.pte"] / 2**30,
+                     manifest["phase_seconds"]))
+    print("\nrecipe                      wall      peak RSS   checkpoint  model.pte   peak/checkpoint")
+    for name, wall, peak, ckpt, pte, phases in rows:
+        print(f"{name:26s} {wall:7.0f} s {peak:8.1f} GiB {ckpt:8.1f} GiB {pte:7.2f} GiB {peak / ckpt:10.2f}x")
+        print("    phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
