@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 RECIPES = {
-    "xnnpack-streaming-8da4w": ["--streaming", "--qlinear-encoder", "8da4w", "--qlinear", "8da4w",
-                                "--qembedding", "8w"],
+    "xnnpack-streaming-8da4w": ["--streaming", "--sliding-window", "2048", "--qlinear-encoder", "8da4w",
+                                "--qlinear", "8da4w", "--qembedding", "8w"],
     "xnnpack-offline-8da4w": ["--qlinear-encoder", "8da4w", "--qlinear", "8da4w", "--qembedding", "8w"],
 }
 

@@ -28,9 +28,14 @@ def run_cli(*args: str):
     (["--qlinear-encoder", "fpa4w"], "fpa4w runs only on the Metal backend"),
     (["--backend", "metal"], "--backend metal lowers only on macOS"),
     (["--qlinear", "8da4w", "--qlinear-group-size", "64"], "--qlinear-group-size 64 does not divide"),
-    (["--qlinear-encoder", "4w", "--qlinear-encoder-group-size", "48"], "does not divide the input features of encoder"),
+    (["--qlinear-encoder", "8da4w", "--qlinear-encoder-group-size", "48"],
+     "does not divide the input features of encoder"),
     (["--sliding-window", "64"], "--sliding-window shrinks the streaming decoder's ring cache; it needs --streaming"),
     (["--max-seq-len", "20"], "leaves no room after the 39-token prompt"),
+    (["--qlinear", "8w"], "gives wrong results when lowered to XNNPACK"),
+    (["--qlinear-encoder", "4w"], "gives wrong results when lowered to XNNPACK"),
+    (["--backend", "portable", "--qlinear", "8da4w"], "the portable backend has no kernels"),
+    (["--backend", "portable", "--qembedding", "8w"], "the portable backend has no kernels"),
 ])
 def test_bad_options_fail_fast_and_write_nothing(tiny_dir, tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -77,7 +82,7 @@ def test_group_size_64_works_because_the_ada_projections_are_folded(tiny_config,
     embeds = torch.randn(1, 5, dec.dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(folded.decode(embeds, torch.arange(5)), model.decode(embeds, torch.arange(5)), atol=1e-5)
-    options = ExportOptions(model_path=tiny_dir, qlinear="8da4w", qlinear_group_size=32, qlinear_encoder="8w")
+    options = ExportOptions(model_path=tiny_dir, qlinear="8da4w", qlinear_group_size=32, qlinear_encoder="8da8w")
     assert quantize_model(model, options, torch.float32) == []
 
 

@@ -165,16 +165,20 @@ class ModelInstance:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        model = _load(spec.paths.model)
+        # The encoder and the decoder come from two loads of model.pte: XNNPACK delegates of one loaded program
+        # share a scratch workspace, and a decoder call of another shape (the 39-row prefill) left the streaming
+        # encoder reading freed scratch memory (NaN outputs). Each method's weights are still loaded once, and the
+        # file is memory-mapped, so the second load costs no extra weight memory.
+        encoder_program, decoder_program = _load(spec.paths.model), _load(spec.paths.model)
         pre = _load(spec.paths.preprocessor)
         if spec.streaming:
-            self.encode_chunk = model.load_method(ENCODE_AUDIO_CHUNK)
+            self.encode_chunk = encoder_program.load_method(ENCODE_AUDIO_CHUNK)
             self.stream_window = pre.load_method(PREPROCESS_STREAM)
         else:
-            self.audio_encoder = model.load_method(AUDIO_ENCODER)
+            self.audio_encoder = encoder_program.load_method(AUDIO_ENCODER)
             self.preprocess = pre.load_method(PREPROCESS)
-        self.text_decoder = model.load_method(TEXT_DECODER)
-        self.token_embedding = model.load_method(TOKEN_EMBEDDING)
+        self.text_decoder = decoder_program.load_method(TEXT_DECODER)
+        self.token_embedding = decoder_program.load_method(TOKEN_EMBEDDING)
 
     @staticmethod
     def run(method, *inputs: torch.Tensor) -> torch.Tensor:

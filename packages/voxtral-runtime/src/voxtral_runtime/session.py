@@ -56,14 +56,21 @@ class Timeline:
         self.sample_rate = sample_rate
         self.starts = [left_pad]  # padded position where each run of client audio starts
         self.client_before = [0]  # client samples before that run
+        self.lengths: list[int | None] = [None]  # client samples in each run (None: the run still growing)
 
     def insert_silence(self, at: int, client_samples: int, n: int) -> None:
+        self.lengths[-1] = client_samples - self.client_before[-1]
         self.starts.append(at + n)
         self.client_before.append(client_samples)
+        self.lengths.append(None)
 
     def seconds(self, padded: int) -> float:
+        """Inside inserted silence, time stands at the end of the audio before it."""
         i = max(bisect.bisect_right(self.starts, padded) - 1, 0)
-        return (self.client_before[i] + max(padded - self.starts[i], 0)) / self.sample_rate
+        offset = max(padded - self.starts[i], 0)
+        if self.lengths[i] is not None:
+            offset = min(offset, self.lengths[i])
+        return (self.client_before[i] + offset) / self.sample_rate
 
 
 class TokenLoop:
@@ -207,7 +214,6 @@ class StreamingSession(Session):
         self.buf_start = -self.left_context
         self.buf_len = self.left_context + self.left_pad
         self.step_index = 0
-        self.enc_positions = torch.zeros(4, dtype=torch.int64)
         self.frames_per_step = meta["downsample_factor"]
 
     @property
@@ -240,9 +246,7 @@ class StreamingSession(Session):
             window = torch.from_numpy(self.buf[offset : offset + self.window])
             mel = run(inst.stream_window, window)
             base = s * self.frames_per_step
-            for i in range(self.frames_per_step):
-                self.enc_positions[i] = base + i
-            audio = run(inst.encode_chunk, mel, self.enc_positions)
+            audio = run(inst.encode_chunk, mel, torch.arange(base, base + self.frames_per_step))
             self.step_index += 1
             token = self.loop.step(audio)
             if token is not None:
@@ -338,6 +342,7 @@ class OfflineSession(Session):
         embeds = run(inst.audio_encoder, mel).clone()  # outputs alias the program's memory
         self.timeline = Timeline(self.left_pad, self.rate)
         self.timeline.client_before[0] = segment_start
+        self.timeline.insert_silence(self.left_pad + len(audio), self.client_samples, total - len(audio))
         self.loop.reset()
         for position in range(n_tok):
             token = self.loop.step(embeds[:, position : position + 1])
