@@ -88,26 +88,46 @@ def test_not_a_safetensors_file(tiny_dir, tmp_path):
 
 
 PEAK_SCRIPT = """
-import resource, sys, torch
+import sys, threading, torch
 from voxtral_model.checkpoint import load_model
 from voxtral_model.model import RuntimeOptions
-dtype = getattr(torch, sys.argv[2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-model = load_model(sys.argv[1], RuntimeOptions(dtype=dtype, max_seq_len=8))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+
+peak, done = [anon()], threading.Event()
+
+def sample():  # peak of process-private memory; the mapped checkpoint's page cache is not the process's
+    while not done.is_set():
+        peak[0] = max(peak[0], anon())
+        done.wait(0.002)
+
+before = anon()
+sampler = threading.Thread(target=sample)
+sampler.start()
+model = load_model(sys.argv[1], RuntimeOptions(dtype=getattr(torch, sys.argv[2]), max_seq_len=8))
+done.set()
+sampler.join()
 size = sum(p.numel() * p.element_size() for p in model.parameters())
-print((after - before) * 1024 / size)
+print((max(peak[0], anon()) - before) / size)
 """
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_peak_memory_stays_near_the_model_size(tmp_path_factory, dtype):
-    """Loading reads tensor by tensor from the mapped file: no second full copy of the weights."""
+    """Loading reads tensor by tensor from the mapped file: no second full copy of the weights. Measured as the peak
+    of the process's private memory (RssAnon, sampled), since the mapped file's pages are reclaimable page cache."""
     from voxtral_model.synth import write_synthetic_checkpoint
 
     ckpt = tmp_path_factory.getbasetemp() / "medium"
     if not (ckpt / "consolidated.safetensors").exists():
-        # ~100 M parameters (0.4 GB fp32), dominated by a real-size embedding table.
-        write_synthetic_checkpoint(ckpt, "tiny", overrides=dict(dim=768, vocab_size=131072, hidden_dim=1536))
+        # ~70 M parameters (0.3 GB fp32) in many tensors, none over a fifth of the model.
+        write_synthetic_checkpoint(ckpt, "tiny", overrides=dict(dim=768, vocab_size=16384, hidden_dim=3072,
+                                                                n_layers=8))
     ratio = float(subprocess.check_output([sys.executable, "-c", PEAK_SCRIPT, str(ckpt), dtype], text=True))
-    assert ratio < 1.35, f"peak RSS grew by {ratio:.2f}x the loaded model's size"
+    print(f"peak private memory growth while loading ({dtype}): {ratio:.2f}x the loaded model's size")
+    assert ratio < 1.35, f"peak private memory grew by {ratio:.2f}x the loaded model's size"
+    if dtype == "float32":  # converted tensors are private memory: a measurement that saw nothing is broken
+        assert ratio > 0.9

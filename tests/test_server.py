@@ -165,7 +165,7 @@ AUDIO = pb.TranscribeRequest(audio=b"\x00\x01" * 800)
      "unknown audio encoding"),
     ([pb.TranscribeRequest(config=pb.SessionConfig(encoding=7, sample_rate_hz=16000))],
      grpc.StatusCode.INVALID_ARGUMENT, "unknown audio encoding"),
-    ([CONFIG, pb.TranscribeRequest(audio=b"\x00\x01\x02")], grpc.StatusCode.INVALID_ARGUMENT, "odd"),
+    ([CONFIG, pb.TranscribeRequest(audio=b"\x00\x01\x02")], grpc.StatusCode.INVALID_ARGUMENT, "even number of bytes"),
     ([pb.TranscribeRequest(config=pb.SessionConfig(encoding=pb.AUDIO_ENCODING_F32LE, sample_rate_hz=16000)),
       pb.TranscribeRequest(audio=np.array([0.1, np.nan], dtype="<f4").tobytes())],
      grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
