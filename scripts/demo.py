@@ -55,7 +55,18 @@ def build(progress: bool) -> Path:
     return bundle
 
 
+def quiet_libraries() -> None:
+    """The demo's output is the transcript: silence library deprecation chatter."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("torch", "torchao", "executorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> int:
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wav", type=Path, help="stream this WAV instead of the generated one")
     parser.add_argument("--fast", action="store_true", help="send audio as fast as possible, not at real time")

@@ -103,10 +103,20 @@ def _requests_to_queue(requests, inbox: queue.Queue) -> None:
 
 
 class RealtimeServicer(pb_grpc.RealtimeServicer):
-    def __init__(self, engine: Engine, options: ServerOptions, shutdown: threading.Event):
-        self.engine, self.options, self.shutdown = engine, options, shutdown
-        self.pool = InstancePool(engine, options.max_sessions)
-        self.rate = engine.spec.meta["sample_rate"]
+    """Registered before the server starts (gRPC allows no later registration); answers UNAVAILABLE until
+    `ready(engine)` hands it the loaded, warmed-up model."""
+
+    def __init__(self, options: ServerOptions, shutdown: threading.Event):
+        self.options, self.shutdown = options, shutdown
+        self.engine: Engine | None = None
+
+    def ready(self, engine: Engine, pool: "InstancePool") -> None:
+        self.pool, self.rate = pool, engine.spec.meta["sample_rate"]
+        self.engine = engine
+
+    def _check_ready(self, context) -> None:
+        if self.engine is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -177,6 +187,7 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
 
     def Transcribe(self, request_iterator, context):
         self._check_token(context)
+        self._check_ready(context)
         inbox: queue.Queue = queue.Queue()
         threading.Thread(target=_requests_to_queue, args=(request_iterator, inbox), daemon=True).start()
         session_id = uuid.uuid4().hex[:12]
@@ -227,6 +238,7 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
 
     def Describe(self, request, context):
         self._check_token(context)
+        self._check_ready(context)
         spec = self.engine.spec.describe()
         return pb.ModelDescription(
             model=str(self.engine.spec.paths.model.parent.name), server_version=f"voxtral-runtime {__version__}",
@@ -266,13 +278,19 @@ class Server:
             self.port = self.grpc.add_insecure_port(address)
         if not self.port:
             raise ProgramError(f"cannot listen on {address}")
-        self.grpc.start()  # health answers NOT_SERVING while the model loads
-        self.engine = Engine(paths)
-        self.servicer = RealtimeServicer(self.engine, options, self.shutdown)
-        first = self.servicer.pool.engine.instance()
-        self.engine.warm_up(first)
-        self.servicer.pool.idle.append(first)
+        self.servicer = RealtimeServicer(options, self.shutdown)
         pb_grpc.add_RealtimeServicer_to_server(self.servicer, self.grpc)
+        self.grpc.start()  # health answers NOT_SERVING while the model loads
+        try:
+            self.engine = Engine(paths)
+            pool = InstancePool(self.engine, options.max_sessions)
+            first = self.engine.instance()
+            self.engine.warm_up(first)
+            pool.idle.append(first)
+        except Exception:
+            self.grpc.stop(0)
+            raise
+        self.servicer.ready(self.engine, pool)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
