@@ -8,21 +8,27 @@ from voxtral_export.options import ExportOptions
 from voxtral_export.pipeline import export_bundle
 from voxtral_export.progress import Progress
 
-# name -> export options besides model_path/output_dir. Quantized variants cover every scheme XNNPACK runs correctly
-# in ExecuTorch 1.5.1 (weight-only 4w/8w and portable quantization are refused by voxtral-export, see its --help):
-# A = decoder 8da4w, encoder 8da8w, embedding 8w; B = decoder 8da8w, encoder 8da4w.
+# name -> export options besides model_path/output_dir. Between them the quantized variants run every linear scheme
+# on both CPU backends, plus 8w embeddings:
+# A = decoder 8da4w, encoder 8da8w, embedding 8w (XNNPACK delegates the linears; portable uses the quantized kernels);
+# B = decoder 8da8w, encoder 8da4w; C = decoder 4w, encoder 8w, embedding 8w (weight-only: quantized kernels).
 QUANT_A = dict(qlinear="8da4w", qlinear_encoder="8da8w", qembedding="8w")
 QUANT_B = dict(qlinear="8da8w", qlinear_encoder="8da4w")
+QUANT_C = dict(qlinear="4w", qlinear_encoder="8w", qembedding="8w")
 # Small windows so that a few seconds of audio wrap both ring caches.
 SMALL_WINDOWS = dict(sliding_window=48, max_enc_len=50)
+SMALL_OFFLINE = dict(max_seq_len=512, max_audio_len=30)
 
 VARIANTS: dict[str, dict] = {
     "xnnpack-stream": dict(backend="xnnpack", streaming=True),
     "xnnpack-offline": dict(backend="xnnpack", max_seq_len=1024, max_audio_len=75),
-    "portable-offline": dict(backend="portable", max_seq_len=512, max_audio_len=30),
+    "portable-offline": dict(backend="portable", **SMALL_OFFLINE),
     "portable-stream-small": dict(backend="portable", streaming=True, **SMALL_WINDOWS),
-    "xnnpack-offline-qa": dict(backend="xnnpack", max_seq_len=512, max_audio_len=30, **QUANT_A),
+    "xnnpack-offline-qa": dict(backend="xnnpack", **SMALL_OFFLINE, **QUANT_A),
     "xnnpack-stream-qb": dict(backend="xnnpack", streaming=True, **QUANT_B),
+    "xnnpack-offline-qc": dict(backend="xnnpack", **SMALL_OFFLINE, **QUANT_C),
+    "portable-offline-qa": dict(backend="portable", **SMALL_OFFLINE, **QUANT_A),
+    "portable-stream-qc": dict(backend="portable", streaming=True, **SMALL_WINDOWS, **QUANT_C),
 }
 
 

@@ -122,26 +122,36 @@ def test_small_encoder_ring_matches_eager(bundles, tiny_config):
             assert rel_err(pte("encode_audio_chunk", mel8, pos), step(mel8, pos)) < 1e-5, s
 
 
-@pytest.mark.parametrize("name", ["xnnpack-offline-qa"])
-def test_quantized_offline_matches_eager_quantized(bundles, tiny_config, name):
+# Dynamic-activation schemes: the runtime's int8 per-token rounding (XNNPACK's kernels, or the quantized kernels on
+# portable) differs slightly from torchao's eager reference (measured 1 - cosine: 1.4e-3 XNNPACK, 6e-4 portable).
+# Weight-only schemes dequantize exactly what eager does (measured 1 - cosine 1.1e-5).
+DYNAMIC_ACTIVATIONS_COSINE = 0.995
+WEIGHT_ONLY_COSINE = 0.9999
+
+
+@pytest.mark.parametrize("name, cosine", [("xnnpack-offline-qa", DYNAMIC_ACTIVATIONS_COSINE),
+                                          ("xnnpack-offline-qc", WEIGHT_ONLY_COSINE),
+                                          ("portable-offline-qa", DYNAMIC_ACTIVATIONS_COSINE)])
+def test_quantized_offline_matches_eager_quantized(bundles, tiny_config, name, cosine):
     pte = Program(bundles(name) / "model.pte")
     model = eager_for(bundles, name)
     mel = LogMel(tiny_config.encoder)(block_padded(tiny_config, speechlike(3.0, seed=6)))
     with torch.no_grad():
         audio = model.encode_audio(mel)
-        assert F.cosine_similarity(pte("audio_encoder", mel).flatten(), audio.flatten(), dim=0) > 0.995
+        assert F.cosine_similarity(pte("audio_encoder", mel).flatten(), audio.flatten(), dim=0) > cosine
         ids = torch.tensor([[1, 32, 1000, 1234, 1535]])
         assert F.cosine_similarity(pte("token_embedding", ids).flatten(), model.embed_tokens(ids).flatten(),
                                    dim=0) > 0.9999
         embeds, _ = decoder_inputs(model)
         expected = run_decoder(model.decode, embeds, 39)
     got = run_decoder(lambda e, p: pte("text_decoder", e, p), embeds, 39)
-    assert F.cosine_similarity(got, expected, dim=-1).min() > 0.995
+    assert F.cosine_similarity(got, expected, dim=-1).min() > cosine
     assert_same_argmax_except_near_ties(got, expected)
 
 
-@pytest.mark.parametrize("name", ["xnnpack-stream-qb"])
-def test_quantized_streaming_matches_eager_quantized(bundles, tiny_config, name):
+@pytest.mark.parametrize("name, cosine", [("xnnpack-stream-qb", DYNAMIC_ACTIVATIONS_COSINE),
+                                          ("portable-stream-qc", WEIGHT_ONLY_COSINE)])
+def test_quantized_streaming_matches_eager_quantized(bundles, tiny_config, name, cosine):
     pte = Program(bundles(name) / "model.pte")
     model = eager_for(bundles, name)
     step = model.streaming_encoder()
@@ -151,18 +161,18 @@ def test_quantized_streaming_matches_eager_quantized(bundles, tiny_config, name)
         for s, window in stream_mel_windows(tiny_config, padded):
             mel8, pos = frontend.stream_window(window), torch.arange(4 * s, 4 * s + 4)
             got, want = pte("encode_audio_chunk", mel8, pos), step(mel8, pos)
-            assert F.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.995, s
+            assert F.cosine_similarity(got.flatten(), want.flatten(), dim=0) > cosine, s
         embeds, _ = decoder_inputs(model)
         expected = run_decoder(model.decode, embeds, 39)
     got = run_decoder(lambda e, p: pte("text_decoder", e, p), embeds, 39)
-    assert F.cosine_similarity(got, expected, dim=-1).min() > 0.995
+    assert F.cosine_similarity(got, expected, dim=-1).min() > cosine
     assert_same_argmax_except_near_ties(got, expected)
 
 
 def test_quantization_shrinks_the_program(bundles):
-    fp32 = (bundles("xnnpack-offline") / "model.pte").stat().st_size
-    quant = (bundles("xnnpack-offline-qa") / "model.pte").stat().st_size
-    assert quant < 0.6 * fp32
+    fp32 = (bundles("portable-offline") / "model.pte").stat().st_size
+    for name in ("xnnpack-offline-qa", "xnnpack-offline-qc", "portable-offline-qa"):
+        assert (bundles(name) / "model.pte").stat().st_size < 0.6 * fp32, name
 
 
 @pytest.mark.parametrize("name", ["xnnpack-stream", "portable-offline"])

@@ -32,10 +32,6 @@ def run_cli(*args: str):
      "does not divide the input features of encoder"),
     (["--sliding-window", "64"], "--sliding-window shrinks the streaming decoder's ring cache; it needs --streaming"),
     (["--max-seq-len", "20"], "leaves no room after the 39-token prompt"),
-    (["--qlinear", "8w"], "gives wrong results when lowered to XNNPACK"),
-    (["--qlinear-encoder", "4w"], "gives wrong results when lowered to XNNPACK"),
-    (["--backend", "portable", "--qlinear", "8da4w"], "the portable backend has no kernels"),
-    (["--backend", "portable", "--qembedding", "8w"], "the portable backend has no kernels"),
 ])
 def test_bad_options_fail_fast_and_write_nothing(tiny_dir, tmp_path, capsys, args, message):
     out = tmp_path / "out"

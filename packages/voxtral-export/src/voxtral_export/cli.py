@@ -23,10 +23,11 @@ int4 / int8 weights, fpa4w = float activations with int4 weights (Metal only). 4
 into a per-layer constant at export and never quantized, so their 32-wide bottleneck does not limit the group size
 (64 and 128 work).
 
-backends and schemes (ExecuTorch 1.5.1): XNNPACK runs 8da4w and 8da8w linears and 8w embeddings; weight-only
-4w/8w linears lower to XNNPACK but compute wrong results, and the portable backend has no kernels for torchao's
-quantized ops, so both are refused before work starts. 4w/8w remain available for backends that run them (Metal
-takes fpa4w).
+backends and schemes (ExecuTorch 1.5.1): XNNPACK runs 8da4w and 8da8w linears multi-threaded, the fast CPU path.
+Weight-only 4w/8w linears (which XNNPACK 1.5.1 would miscompute) and every quantized linear on the portable backend
+keep their int8/int4 weights in the program and dequantize them per call with ExecuTorch's quantized kernels: correct
+and small, but slower (on XNNPACK the matmul itself is still delegated). 8w embeddings run on every CPU backend.
+Metal takes fpa4w.
 
 recipes:
   XNNPACK, streaming: --streaming --qlinear-encoder 8da4w --qlinear 8da4w --qembedding 8w

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from torch.export import ExportedProgram
 
 
@@ -23,8 +26,11 @@ def partitioners(backend: str) -> list:
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def lower_to_executorch(programs: dict[str, ExportedProgram], backend: str, constant_methods: dict) -> bytes:
-    """Edge dialect, backend delegation, memory planning, serialisation -> the .pte bytes."""
+def lower_to_executorch(programs: dict[str, ExportedProgram], backend: str, constant_methods: dict,
+                        progress: Callable[[str], None] = lambda _: None) -> bytes:
+    """Edge dialect, backend delegation, memory planning, serialisation -> the .pte bytes. At full size each of the
+    two steps takes tens of minutes; `progress` hears when each one ends."""
+    started = time.monotonic()
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
@@ -34,9 +40,13 @@ def lower_to_executorch(programs: dict[str, ExportedProgram], backend: str, cons
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
         constant_methods=constant_methods,
     )
+    progress(f"edge dialect and {backend} delegation done in {time.monotonic() - started:.0f} s")
+    started = time.monotonic()
     program = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
         do_quant_fusion_and_const_prop=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
     ))
-    return program.buffer
+    buffer = program.buffer
+    progress(f"memory planning and serialisation done in {time.monotonic() - started:.0f} s")
+    return buffer

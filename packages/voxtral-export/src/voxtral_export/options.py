@@ -15,6 +15,14 @@ DTYPES = ("fp32", "bf16")
 GROUPED = ("4w", "8da4w", "fpa4w")  # schemes that take a group size; the 8-bit ones are per output channel
 WEIGHT_ONLY = ("4w", "8w")
 
+
+def uses_kernel_linears(backend: str, scheme: str | None) -> bool:
+    """Whether a linear scheme runs in ExecuTorch's quantized kernels instead of a delegate (kernel_linear.py):
+    everything on portable, and the weight-only schemes that XNNPACK would miscompute."""
+    if scheme is None or backend == "metal":
+        return False
+    return backend == "portable" or scheme in WEIGHT_ONLY
+
 DEFAULT_OUTPUT_DIR = "./voxtral_rt_exports"
 DEFAULT_MAX_SEQ_LEN = 4096
 DEFAULT_MAX_ENC_LEN = 750
@@ -71,15 +79,6 @@ def validate_flags(options: ExportOptions, system: str | None = None) -> None:
             raise ExportError(f"{flag} {value!r} is not supported; choose one of {', '.join(LINEAR_QUANT)}")
         if value == "fpa4w" and options.backend != "metal":
             raise ExportError(f"{flag} fpa4w runs only on the Metal backend; on {options.backend} use 4w or 8da4w")
-    for flag, value in (("--qlinear", options.qlinear), ("--qlinear-encoder", options.qlinear_encoder)):
-        if value in WEIGHT_ONLY and options.backend == "xnnpack":
-            raise ExportError(f"{flag} {value} (weight-only) gives wrong results when lowered to XNNPACK by "
-                              f"ExecuTorch 1.5.1 (measured: logits cosine 0.3 against eager); use 8da4w or 8da8w "
-                              f"(int8 dynamic activations), which XNNPACK runs correctly")
-    if options.backend == "portable" and (options.qlinear or options.qlinear_encoder or options.qembedding):
-        raise ExportError("the portable backend has no kernels for torchao's quantized ops in ExecuTorch 1.5.1 "
-                          "(torchao::dequantize_affine has no out variant); export portable programs unquantized, "
-                          "or quantize with --backend xnnpack")
     if options.qembedding is not None and options.qembedding not in EMBEDDING_QUANT:
         raise ExportError(f"--qembedding {options.qembedding!r} is not supported; choose one of "
                           f"{', '.join(EMBEDDING_QUANT)}")

@@ -75,7 +75,8 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
             programs = export_model_methods(model, options.streaming, options.max_seq_len, options.max_audio_len)
         metadata = model_metadata(config, options, delay, model.decoder.window, n_audio_tokens)
         with progress.phase(f"lower model.pte to {options.backend}"):
-            (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata))
+            (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata,
+                                                                   progress=lambda m: progress.say(f"  {m}")))
         del programs, model
         with progress.phase("export and lower preprocessor.pte"):
             pre = export_preprocessor_methods(config, options.max_audio_len)

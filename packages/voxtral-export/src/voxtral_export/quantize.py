@@ -2,7 +2,8 @@
 
 Layer by layer matters for the full model: it is loaded in bf16 (the checkpoint's own precision, so nothing is lost)
 and each layer is upcast to the export dtype and quantized on its own, so the fp32 copy of the whole model never
-exists. Conv layers are never quantized.
+exists. Conv layers are never quantized. Linears that no delegate can run correctly are then handed to ExecuTorch's
+quantized kernels (kernel_linear.py), keeping torchao's choice of quantized weights.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from torch import nn
 
 from voxtral_model.model import VoxtralRealtime
 
-from .options import GROUPED, ExportOptions
+from .kernel_linear import KernelQuantizedLinear, replace_quantized_linears
+from .options import GROUPED, ExportOptions, uses_kernel_linears
 
 
 def linear_config(scheme: str, group_size: int):
@@ -85,6 +87,8 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
                 skipped.extend(f"{label}[{i}].{name}" for name, m in unit.named_modules()
                                if isinstance(m, nn.Linear) and not fits(m, name))
                 quantize_(unit, linear_config(scheme, group_size), filter_fn=fits)
+                if uses_kernel_linears(options.backend, scheme):
+                    replace_quantized_linears(unit)
             progress(f"{label} {i + 1}/{len(units)}")
 
     model.decoder.fold_time_conditioning()  # before any cast: the scale is computed in fp32
@@ -96,6 +100,8 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
     head.to(dtype)
     if options.qlinear:
         quantize_(head, linear_config(options.qlinear, options.qlinear_group_size), filter_fn=_linears_fit(None))
+        if uses_kernel_linears(options.backend, options.qlinear):
+            model.decoder.output = KernelQuantizedLinear.from_torchao(head)
     embedding = model.decoder.tok_embeddings
     embedding.to(dtype)
     if options.qembedding:
