@@ -3,13 +3,14 @@
     uv run benchmarks/step_time.py BUNDLE --checkpoint CKPT [--steps 50] [--no-eager]
 
 BUNDLE is a streaming export (e.g. benchmarks/export_full.py's xnnpack-streaming-8da4w); CKPT the checkpoint it came
-from (for the eager comparison and the KV-cache sizes). Everything is measured in this process, side by side:
-- copy bandwidth: a 1 GiB tensor copy (bytes read + written per second);
+from (for the eager comparison and the KV-cache sizes). Everything is measured in one run, side by side:
+- copy bandwidth: a 1 GiB tensor copy on every core (bytes read + written per second);
 - the floor: bytes one step must read (weights without the embedding table, of which one row is read; and the KV
   caches the attention kernels scan) divided by that bandwidth;
 - each method of a step (preprocessor window, encoder step, token embedding, decoder step), median over the steps;
 - the session's whole step (Python bookkeeping included) and so the Python overhead;
-- the same step in eager PyTorch with the same (quantized) weights;
+- the same step in eager PyTorch with the same (quantized) weights (in a child process: eager wants an OpenMP
+  thread per core, the runtime one);
 - the real-time factor: step time / 80 ms.
 """
 
@@ -17,10 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+import voxtral_runtime  # noqa: F401  first: it pins OpenMP to one thread before torch loads, as the runtime runs
 
 import numpy as np
 import torch
@@ -104,6 +109,15 @@ def session_step(engine, steps: int) -> float:
     return statistics.median(times)
 
 
+def in_child(args: argparse.Namespace, role: str, steps: int) -> float:
+    """Runs `role` (bandwidth or eager) in a child process with an OpenMP thread per core: eager matmuls and a
+    bandwidth measurement need every core through OpenMP, while the runtime runs with one OpenMP thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}
+    out = subprocess.run([sys.executable, __file__, str(args.bundle), "--checkpoint", str(args.checkpoint), "--steps",
+                          str(steps), "--child", role], env=env, check=True, stdout=subprocess.PIPE, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def eager_step(checkpoint: Path, manifest: dict, steps: int) -> float:
     from voxtral_export.options import ExportOptions
     from voxtral_export.quantize import quantize_model
@@ -139,13 +153,21 @@ def main() -> int:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--no-eager", action="store_true", help="skip the eager PyTorch comparison")
+    p.add_argument("--child", choices=["bandwidth", "eager"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child == "bandwidth":
+        print(copy_bandwidth())
+        return 0
+    if args.child == "eager":
+        manifest = json.loads((args.bundle / "manifest.json").read_text())
+        print(eager_step(args.checkpoint, manifest, args.steps))
+        return 0
 
     from voxtral_runtime.engine import Engine
     from voxtral_runtime.programs import BundlePaths
 
-    print(f"torch threads: {torch.get_num_threads()}", flush=True)
-    bandwidth = copy_bandwidth()
+    print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})", flush=True)
+    bandwidth = in_child(args, "bandwidth", 0)
     engine = Engine(BundlePaths.resolve(args.bundle))
     meta = engine.spec.meta
     if not meta["streaming"]:
@@ -157,7 +179,7 @@ def main() -> int:
     parts = executorch_parts(engine, args.steps)
     whole = session_step(engine, args.steps)
     methods = sum(parts.values())
-    eager = None if args.no_eager else eager_step(args.checkpoint, manifest, max(5, args.steps // 3))
+    eager = None if args.no_eager else in_child(args, "eager", max(5, args.steps // 3))
 
     floor_w, floor_all = weights / bandwidth, (weights + kv) / bandwidth
     print(f"\nbundle {args.bundle} ({meta['quantization']}, {meta['backend']}, decoder window "

@@ -31,17 +31,18 @@ def test_blocked_windowed_attention_matches_full_mask(seq_len):
 @pytest.mark.parametrize("layout", ["standard", "custom"])
 @pytest.mark.parametrize("ring", [True, False])
 def test_cache_attention_matches_sliding_window_reference(layout, ring):
-    """Chunks of varying size (prefill then single steps) driven well past the ring's 2x window."""
+    """Chunks of varying size (prefill then single steps) driven well past a ring of window + longest chunk."""
     window, n_heads, n_kv, d = 6, 4, 2, 8
     total = 40
-    n_slots = 2 * window if ring else total
+    chunks = [5, 1, 3, 6, 1, 1, 2] + [1] * 21
+    n_slots = window + max(chunks) if ring else total
     cache = KVCache(n_slots, n_kv, d, window, ring=ring, layout=layout)
     g = torch.Generator().manual_seed(1)
     q = torch.randn(total, n_heads, d, generator=g)
     k = torch.randn(total, n_kv, d, generator=g)
     v = torch.randn(total, n_kv, d, generator=g)
     expected = _naive(q, k, v, window)
-    pos, chunks = 0, [5, 1, 3, 6, 1, 1, 2] + [1] * 21
+    pos = 0
     for size in chunks:
         positions = torch.arange(pos, pos + size)
         sl = slice(pos, pos + size)

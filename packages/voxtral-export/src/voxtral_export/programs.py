@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram, export
 
+from voxtral_model.attention import RING_CHUNK
 from voxtral_model.config import VoxtralConfig
 from voxtral_model.encoder import ENCODER_BLOCK_FRAMES, StreamingEncoder
 from voxtral_model.mel import LogMel, stream_window_samples
@@ -96,7 +97,7 @@ def export_model_methods(model: VoxtralRealtime, streaming: bool, max_seq_len: i
     config, dim = model.config, model.config.decoder.dim
     frames = config.mel_frames_per_token
     n_mels = config.encoder.num_mel_bins
-    longest_call = min(max_seq_len, model.decoder.window) if streaming else max_seq_len
+    longest_call = RING_CHUNK if streaming else max_seq_len  # a ring cache takes at most RING_CHUNK per call
     seq = Dim("seq_len", min=1, max=longest_call)
     programs: dict[str, ExportedProgram] = {}
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Mistral text decoder with delay-conditioned adaptive RMS norm (reference.md §4.6-4.8).
 
 Per position the input is the sum of the audio embedding and the token embedding (the caller adds them). Attention
-is GQA over a KV cache: flat (`max_seq_len` slots) for offline programs, ring (2 x window) for streams of any length.
+is GQA over a KV cache: flat (`max_seq_len` slots) for offline programs, ring (window + RING_CHUNK slots) for streams of any length.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KVCache
+from .attention import KVCache, ring_slots
 from .config import DecoderArgs
 from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inv_freq, time_embedding
 
@@ -77,7 +77,7 @@ class Decoder(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.output.weight = self.tok_embeddings.weight  # tied head
         window = min(sliding_window or args.sliding_window, args.sliding_window)
-        n_slots = 2 * window if streaming else max_seq_len
+        n_slots = ring_slots(window) if streaming else max_seq_len
         self.caches = nn.ModuleList([
             KVCache(n_slots, args.n_kv_heads, args.head_dim, window, ring=streaming, layout=layout, dtype=dtype)
             for _ in range(args.n_layers)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KVCache, windowed_attention
+from .attention import KVCache, ring_slots, windowed_attention
 from .config import EncoderArgs
 from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inv_freq
 
@@ -147,7 +147,8 @@ class StreamingEncoder(nn.Module):
         self.window = max_enc_len or args.sliding_window
         dtype = encoder.norm.weight.dtype
         self.caches = nn.ModuleList([
-            KVCache(2 * self.window, args.n_heads, args.head_dim, self.window, ring=True, layout=layout, dtype=dtype)
+            KVCache(ring_slots(self.window), args.n_heads, args.head_dim, self.window, ring=True, layout=layout,
+                    dtype=dtype)
             for _ in range(args.n_layers)
         ])
         self.register_buffer("conv1_state", torch.zeros(1, args.num_mel_bins, CONV1_LEFT_PAD, dtype=dtype),
