@@ -7,6 +7,8 @@ A loaded program keeps its methods' state (KV caches, conv state) inside, so eve
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,12 @@ TEXT_DECODER = "text_decoder"
 TOKEN_EMBEDDING = "token_embedding"
 PREPROCESS = "forward"
 PREPROCESS_STREAM = "stream_window"
+
+log = logging.getLogger("voxtral_runtime")
+
+# XNNPACK's shared weight cache is process-wide state that ExecuTorch 1.5.1 does not guard across a whole load, so
+# program instances are loaded one at a time (a load takes seconds; a session step is never blocked by it).
+_LOAD_LOCK = threading.Lock()
 
 
 class ProgramError(ValueError):
@@ -106,6 +114,7 @@ class ModelSpec:
     preprocessor_meta: dict
     tokenizer: Tekken
     methods: frozenset = field(default_factory=frozenset)
+    shares_weights: bool = False  # instances share one copy of XNNPACK's packed weights
 
     @property
     def streaming(self) -> bool:
@@ -127,8 +136,27 @@ class ModelSpec:
         }
 
 
-def load_spec(paths: BundlePaths) -> ModelSpec:
+def share_packed_weights(enabled: bool) -> bool:
+    """Every instance loaded from now on shares one copy of XNNPACK's packed weights (see xnnpack_weights.py).
+
+    Without it each session holds its own copy (1.27x model.pte of private memory). Returns whether sharing is on; a
+    runtime whose backend options cannot be set still works, with the per-session cost, and says so in the log.
+    """
+    from .xnnpack_weights import BackendOptionError, set_weight_sharing
+
+    try:
+        set_weight_sharing(enabled)
+    except BackendOptionError as e:
+        if enabled:
+            log.warning("XNNPACK weights are not shared between sessions, each holds its own copy: %s", e)
+        return False
+    return enabled
+
+
+def load_spec(paths: BundlePaths, share_weights: bool = True) -> ModelSpec:
+    """Reads and checks the bundle's metadata and tokenizer; `share_weights`: see `share_packed_weights`."""
     _register_kernels()
+    shares_weights = share_packed_weights(share_weights)
     model = _load(paths.model)
     meta = read_constants(model, paths.model)
     if meta.get("program") != "model":
@@ -152,7 +180,7 @@ def load_spec(paths: BundlePaths) -> ModelSpec:
         raise ProgramError(f"{paths.tokenizer}: BOS/EOS ids {tokenizer.bos_id}/{tokenizer.eos_id} differ from the "
                            f"program's {meta['bos_id']}/{meta['eos_id']}")
     return ModelSpec(paths=paths, meta=meta, preprocessor_meta=pre_meta, tokenizer=tokenizer,
-                     methods=frozenset(model.method_names))
+                     methods=frozenset(model.method_names), shares_weights=shares_weights)
 
 
 def read_manifest(paths: BundlePaths) -> dict:
@@ -165,22 +193,24 @@ class ModelInstance:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        # The encoder and the decoder come from two loads of model.pte: XNNPACK delegates of one loaded program
-        # share a scratch workspace, and a decoder call of another shape (the 39-row prefill) left the streaming
-        # encoder reading freed scratch memory (NaN outputs). Each method's weights are still loaded once, and the
-        # file is memory-mapped, so the second load costs no extra weight memory.
-        encoder_program, decoder_program = _load(spec.paths.model), _load(spec.paths.model)
-        pre = _load(spec.paths.preprocessor)
-        if spec.streaming:
-            self.encode_chunk = encoder_program.load_method(ENCODE_AUDIO_CHUNK)
-            self.stream_window = pre.load_method(PREPROCESS_STREAM)
-        else:
-            self.audio_encoder = encoder_program.load_method(AUDIO_ENCODER)
-            self.preprocess = pre.load_method(PREPROCESS)
-        self.text_decoder = decoder_program.load_method(TEXT_DECODER)
-        self.token_embedding = decoder_program.load_method(TOKEN_EMBEDDING)
+        # The encoder and the decoder come from two loads of model.pte: the methods of one loaded program share one
+        # planned-memory arena (executorch.runtime.Program.load_method), KV caches included, so a decoder call
+        # overwrote the streaming encoder's caches (NaN outputs; still so with XNNPACK's workspace sharing off). Each
+        # method's weights are loaded once, and the file is memory-mapped, so the second load adds no weight memory.
+        with _LOAD_LOCK:
+            encoder_program, decoder_program = _load(spec.paths.model), _load(spec.paths.model)
+            pre = _load(spec.paths.preprocessor)
+            if spec.streaming:
+                self.encode_chunk = encoder_program.load_method(ENCODE_AUDIO_CHUNK)
+                self.stream_window = pre.load_method(PREPROCESS_STREAM)
+            else:
+                self.audio_encoder = encoder_program.load_method(AUDIO_ENCODER)
+                self.preprocess = pre.load_method(PREPROCESS)
+            self.text_decoder = decoder_program.load_method(TEXT_DECODER)
+            self.token_embedding = decoder_program.load_method(TOKEN_EMBEDDING)
 
     @staticmethod
     def run(method, *inputs: torch.Tensor) -> torch.Tensor:
-        """The method's first output. It aliases the method's memory: valid until the method runs again."""
+        """The method's first output: a tensor of its own (executorch.runtime copies outputs out of the method's
+        planned memory, which the program's next call reuses)."""
         return method.execute(list(inputs))[0]

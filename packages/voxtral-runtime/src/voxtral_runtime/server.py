@@ -346,8 +346,10 @@ def run(args) -> int:
     except (ProgramError, OSError) as e:
         print(f"voxtral-runtime serve: error: {e}", file=sys.stderr)
         return 2
-    log.info("serving %s on %s:%d (%s, %s) after %.1f s; Ctrl+C or SIGTERM to stop", paths.model, args.host,
-             server.port, "TLS" if tls else "plaintext", "token required" if options.token else "no auth",
+    log.info("serving %s on %s:%d (%s, %s, up to %d sessions, %s) after %.1f s; Ctrl+C or SIGTERM to stop",
+             paths.model, args.host, server.port, "TLS" if tls else "plaintext",
+             "token required" if options.token else "no auth", options.max_sessions,
+             "XNNPACK weights shared" if server.engine.spec.shares_weights else "weights per session",
              time.monotonic() - started)
     if args.port_file:
         args.port_file.write_text(str(server.port))
