@@ -97,8 +97,7 @@ class TokenLoop:
         position = self.position
         self.position += 1
         if position < self.prompt_len - 1:
-            # Program outputs alias the method's memory, which its next call overwrites: keep a copy.
-            self.pending.append(audio_embed.clone())
+            self.pending.append(audio_embed)
             return None
         if position == self.prompt_len - 1:
             audio = torch.cat([*self.pending, audio_embed], dim=1)
@@ -339,7 +338,7 @@ class OfflineSession(Session):
         padded[self.left_pad : self.left_pad + len(audio)] = audio
         run, inst = self.instance.run, self.instance
         mel = run(inst.preprocess, torch.from_numpy(padded))
-        embeds = run(inst.audio_encoder, mel).clone()  # outputs alias the program's memory
+        embeds = run(inst.audio_encoder, mel)
         self.timeline = Timeline(self.left_pad, self.rate)
         self.timeline.client_before[0] = segment_start
         self.timeline.insert_silence(self.left_pad + len(audio), self.client_samples, total - len(audio))
