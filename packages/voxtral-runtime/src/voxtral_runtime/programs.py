@@ -32,8 +32,9 @@ PREPROCESS_STREAM = "stream_window"
 
 log = logging.getLogger("voxtral_runtime")
 
-# XNNPACK's shared weight cache is process-wide state that ExecuTorch 1.5.1 does not guard across a whole load, so
-# program instances are loaded one at a time (a load takes seconds; a session step is never blocked by it).
+# XNNPACK's shared weight cache is process-wide state that every load fills or looks up; upstream ExecuTorch later
+# widened its lock to cover a whole load, so here instances load one at a time (a load takes seconds and instances
+# are pooled; session steps never take this lock).
 _LOAD_LOCK = threading.Lock()
 
 
@@ -156,11 +157,11 @@ def share_packed_weights(enabled: bool) -> bool:
 def load_spec(paths: BundlePaths, share_weights: bool = True) -> ModelSpec:
     """Reads and checks the bundle's metadata and tokenizer; `share_weights`: see `share_packed_weights`."""
     _register_kernels()
-    shares_weights = share_packed_weights(share_weights)
     model = _load(paths.model)
-    meta = read_constants(model, paths.model)
+    meta = read_constants(model, paths.model)  # loads only the metadata methods: no delegate yet
     if meta.get("program") != "model":
         raise ProgramError(f"{paths.model}: this is the {meta.get('program')} program, not model.pte")
+    shares_weights = meta.get("backend") == "xnnpack" and share_packed_weights(share_weights)
     pre = _load(paths.preprocessor)
     pre_meta = read_constants(pre, paths.preprocessor)
     if pre_meta.get("program") != "preprocessor":
