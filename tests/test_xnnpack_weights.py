@@ -99,6 +99,7 @@ def stream_bundle(bundles):
     return BundlePaths.resolve(bundles("xnnpack-stream"))
 
 
+@pytest.mark.slow
 def test_engine_sets_the_backend_option(stream_bundle):
     assert Engine(stream_bundle, share_weights=False).spec.shares_weights is False
     assert xnnpack_weights.weight_sharing_enabled() is False

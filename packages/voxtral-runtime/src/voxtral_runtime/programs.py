@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .tokenizer import Tekken, TokenizerError
+from .xnnpack_weights import BackendOptionError, set_weight_sharing
 
 MODEL_FILE = "model.pte"
 PREPROCESSOR_FILE = "preprocessor.pte"
@@ -143,8 +144,6 @@ def share_packed_weights(enabled: bool) -> bool:
     Without it each session holds its own copy (1.27x model.pte of private memory). Returns whether sharing is on; a
     runtime whose backend options cannot be set still works, with the per-session cost, and says so in the log.
     """
-    from .xnnpack_weights import BackendOptionError, set_weight_sharing
-
     try:
         set_weight_sharing(enabled)
     except BackendOptionError as e:

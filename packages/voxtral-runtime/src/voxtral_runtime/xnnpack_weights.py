@@ -14,6 +14,7 @@ tests/test_xnnpack_weights.py compiles that header to check the layout against t
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from pathlib import Path
@@ -67,7 +68,9 @@ def _library() -> ctypes.CDLL:
     raise BackendOptionError(f"no libexecutorch{suffix} under {list(executorch.__path__)}")
 
 
+@functools.cache
 def _functions():
+    """ExecuTorch's (set_option, get_option), looked up once."""
     lib = _library()
     try:
         set_option, get_option = getattr(lib, _SET_OPTION), getattr(lib, _GET_OPTION)
