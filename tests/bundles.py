@@ -11,9 +11,9 @@ from voxtral_export.progress import Progress
 # name -> export options besides model_path/output_dir. Between them the quantized variants run every linear scheme
 # on both CPU backends, plus 8w embeddings:
 # A = decoder 8da4w, encoder 8da8w, embedding 8w (XNNPACK delegates the linears; portable uses the quantized kernels);
-# B = decoder 8da8w, encoder 8da4w; C = decoder 4w, encoder 8w, embedding 8w (weight-only: quantized kernels).
+# B = decoder 8da8w, encoder 8da4w per output channel; C = decoder 4w, encoder 8w, embedding 8w (weight-only: quantized kernels).
 QUANT_A = dict(qlinear="8da4w", qlinear_encoder="8da8w", qembedding="8w")
-QUANT_B = dict(qlinear="8da8w", qlinear_encoder="8da4w")
+QUANT_B = dict(qlinear="8da8w", qlinear_encoder="8da4w", qlinear_encoder_group_size=0)
 QUANT_C = dict(qlinear="4w", qlinear_encoder="8w", qembedding="8w")
 # Small windows so that a few seconds of audio wrap both ring caches.
 SMALL_WINDOWS = dict(sliding_window=48, max_enc_len=50)

@@ -203,5 +203,5 @@ def test_metadata_and_manifest(bundles, tiny_config):
     assert (bundle / "tekken.json").read_bytes() == (tiny_config and (bundles.model_dir / "tekken.json").read_bytes())
     assert not list(bundle.parent.glob(".*partial*"))
     quant = Program(bundles("xnnpack-offline-qa") / "model.pte")
-    assert quant.constant("quantization") == "encoder=8da8w/32 decoder=8da4w/32 embedding=8w"
+    assert quant.constant("quantization") == "encoder=8da8w/channel decoder=8da4w/32 embedding=8w"
     assert "audio_encoder" in quant.program.method_names

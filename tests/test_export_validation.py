@@ -29,7 +29,11 @@ def run_cli(*args: str):
     (["--backend", "metal"], "--backend metal lowers only on macOS"),
     (["--qlinear", "8da4w", "--qlinear-group-size", "64"], "--qlinear-group-size 64 does not divide"),
     (["--qlinear-encoder", "8da4w", "--qlinear-encoder-group-size", "48"],
+     "XNNPACK's blockwise 8da4w kernels need a multiple of 32; use 32, 64, 128, 256, or 0"),
+    (["--qlinear-encoder", "4w", "--qlinear-encoder-group-size", "48"],
      "does not divide the input features of encoder"),
+    (["--qlinear", "8da4w", "--qlinear-group-size", "16"], "need a multiple of 32"),
+    (["--qlinear", "8da4w", "--qlinear-group-size", "-1"], "must be 0 (per output channel) or positive"),
     (["--sliding-window", "64"], "--sliding-window shrinks the streaming decoder's ring cache; it needs --streaming"),
     (["--max-seq-len", "20"], "leaves no room after the 39-token prompt"),
 ])
@@ -55,6 +59,14 @@ def test_missing_or_malformed_checkpoint(tiny_dir, tmp_path, damage, message):
     assert main(["--model-path", str(ckpt), "--output-dir", str(out), "--quiet"]) == 2
     assert (out / "model.pte").read_text() == "previous export"  # an earlier export is left alone
     assert not list(tmp_path.glob(".out.partial*"))
+
+
+def test_a_misfit_group_size_suggests_sizes_that_fit(tiny_config, tiny_dir):
+    """The tiny decoder's 96-wide inputs take groups of 32 only: the message names it, never the size that failed."""
+    options = ExportOptions(model_path=tiny_dir, qlinear="8da4w", qlinear_group_size=64)
+    with pytest.raises(ExportError, match="use one that divides them: 32, or 0 for one scale per output channel"):
+        validate_against_config(options, tiny_config)
+    validate_against_config(replace(options, qlinear_group_size=0), tiny_config)  # per channel fits any width
 
 
 def test_metal_is_refused_off_macos_but_allowed_on_macos(tiny_dir):

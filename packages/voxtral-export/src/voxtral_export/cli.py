@@ -18,8 +18,9 @@ from .options import (
 EPILOG = """\
 quantization schemes (torchao): 4w = int4 weights, 8w = int8 weights, 8da4w / 8da8w = int8 dynamic activations with
 int4 / int8 weights, fpa4w = float activations with int4 weights (Metal only). 4-bit schemes use groups of
---*-group-size input features (it must divide every quantized layer's input width; checked before work starts);
-8-bit schemes are per output channel. The decoder's ada-norm projections depend only on the delay: they are folded
+--*-group-size input features (it must divide every quantized layer's input width, and be a multiple of 32 for
+XNNPACK's 8da4w kernels; checked before work starts), or one scale per output channel with group size 0;
+8-bit schemes are always per output channel. The decoder's ada-norm projections depend only on the delay: they are folded
 into a per-layer constant at export and never quantized, so their 32-wide bottleneck does not limit the group size
 (64 and 128 work).
 
@@ -60,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest offline input in seconds (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="default: %(default)s")
     p.add_argument("--qlinear", choices=LINEAR_QUANT, help="decoder linears (and the output head)")
-    p.add_argument("--qlinear-group-size", type=int, default=DEFAULT_GROUP_SIZE, help="default: %(default)s")
+    p.add_argument("--qlinear-group-size", type=int, default=DEFAULT_GROUP_SIZE,
+                   help="4-bit group size, 0 = per output channel (default: %(default)s)")
     p.add_argument("--qlinear-encoder", choices=LINEAR_QUANT, help="encoder and adapter linears")
     p.add_argument("--qlinear-encoder-group-size", type=int, default=DEFAULT_GROUP_SIZE,
-                   help="default: %(default)s")
+                   help="4-bit group size, 0 = per output channel (default: %(default)s)")
     p.add_argument("--qembedding", choices=EMBEDDING_QUANT, help="token embedding table")
     p.add_argument("--qembedding-group-size", type=int, default=0, help="0 = per row (default)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -9,7 +9,7 @@ from voxtral_model.config import VoxtralConfig
 from voxtral_model.encoder import CONV1_LEFT_PAD, CONV2_LEFT_PAD
 from voxtral_model.mel import LOG_MEL_RANGE, stream_window_left_context, stream_window_samples
 
-from .options import ExportOptions
+from .options import GROUPED, ExportOptions
 from .programs import encoder_block_mel_frames
 
 PTE_FORMAT = "voxtral-realtime"
@@ -75,12 +75,16 @@ def preprocessor_metadata(config: VoxtralConfig, max_audio_tokens: int) -> dict:
 
 
 def _quantization_label(options: ExportOptions) -> str:
-    """e.g. 'encoder=8da4w/32 decoder=8da4w/32 embedding=8w' or 'none'."""
+    """e.g. 'encoder=8da4w/32 decoder=8da4w/channel embedding=8w' or 'none' ('channel': one scale per output
+    channel, as 8-bit schemes always are)."""
+    def linear(scheme: str, group_size: int) -> str:
+        return f"{scheme}/{group_size}" if scheme in GROUPED and group_size else f"{scheme}/channel"
+
     parts = []
     if options.qlinear_encoder:
-        parts.append(f"encoder={options.qlinear_encoder}/{options.qlinear_encoder_group_size}")
+        parts.append(f"encoder={linear(options.qlinear_encoder, options.qlinear_encoder_group_size)}")
     if options.qlinear:
-        parts.append(f"decoder={options.qlinear}/{options.qlinear_group_size}")
+        parts.append(f"decoder={linear(options.qlinear, options.qlinear_group_size)}")
     if options.qembedding:
         parts.append(f"embedding={options.qembedding}" + (f"/{options.qembedding_group_size}"
                                                           if options.qembedding_group_size else ""))

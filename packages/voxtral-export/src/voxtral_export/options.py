@@ -28,6 +28,11 @@ DEFAULT_MAX_SEQ_LEN = 4096
 DEFAULT_MAX_ENC_LEN = 750
 DEFAULT_MAX_AUDIO_LEN_S = 300.0
 DEFAULT_GROUP_SIZE = 32
+PER_CHANNEL = 0  # a 4-bit scheme's group size meaning "one scale per output channel" (channelwise)
+# XNNPACK's blockwise 4-bit kernels (qb4w) take blocks of a multiple of this many input features; other sizes fail
+# deep inside lowering, so they are refused up front.
+XNNPACK_BLOCK_MULTIPLE = 32
+CANDIDATE_GROUP_SIZES = (256, 128, 64, 32)
 
 
 class ExportError(ValueError):
@@ -84,11 +89,21 @@ def validate_flags(options: ExportOptions, system: str | None = None) -> None:
                           f"{', '.join(EMBEDDING_QUANT)}")
     if options.dtype not in DTYPES:
         raise ExportError(f"--dtype {options.dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
-    for flag, value in (("--max-seq-len", options.max_seq_len), ("--max-enc-len", options.max_enc_len),
-                        ("--qlinear-group-size", options.qlinear_group_size),
-                        ("--qlinear-encoder-group-size", options.qlinear_encoder_group_size)):
+    for flag, value in (("--max-seq-len", options.max_seq_len), ("--max-enc-len", options.max_enc_len)):
         if value <= 0:
             raise ExportError(f"{flag} must be positive, got {value}")
+    for flag, scheme, value in (("--qlinear-group-size", options.qlinear, options.qlinear_group_size),
+                                ("--qlinear-encoder-group-size", options.qlinear_encoder,
+                                 options.qlinear_encoder_group_size)):
+        if value < 0:
+            raise ExportError(f"{flag} must be {PER_CHANNEL} (per output channel) or positive, got {value}")
+        if value == PER_CHANNEL and scheme == "fpa4w":
+            raise ExportError(f"{flag} {PER_CHANNEL}: fpa4w needs groups; use 32, 64 or 128")
+        if (options.backend == "xnnpack" and scheme in GROUPED and not uses_kernel_linears(options.backend, scheme)
+                and value % XNNPACK_BLOCK_MULTIPLE):
+            raise ExportError(f"{flag} {value}: XNNPACK's blockwise {scheme} kernels need a multiple of "
+                              f"{XNNPACK_BLOCK_MULTIPLE}; use {', '.join(map(str, CANDIDATE_GROUP_SIZES[::-1]))}, "
+                              f"or {PER_CHANNEL} for one scale per output channel")
     if options.qembedding_group_size < 0:
         raise ExportError(f"--qembedding-group-size must be 0 (per row) or positive, got {options.qembedding_group_size}")
     if options.max_audio_len <= 0:
@@ -120,11 +135,14 @@ def validate_against_config(options: ExportOptions, config: VoxtralConfig) -> No
             ("--qlinear-encoder-group-size", options.qlinear_encoder, options.qlinear_encoder_group_size, "encoder")):
         if scheme not in GROUPED:
             continue
-        bad = incompatible_linears(config, group_size, component)
+        bad = incompatible_linears(config, group_size, component) if group_size != PER_CHANNEL else []
         if bad:
             listing = ", ".join(f"{name} ({width})" for name, width in bad)
+            fitting = [g for g in CANDIDATE_GROUP_SIZES[::-1] if not incompatible_linears(config, g, component)
+                       and (options.backend != "xnnpack" or g % XNNPACK_BLOCK_MULTIPLE == 0)]
+            hint = (f"use one that divides them: {', '.join(map(str, fitting))}, or" if fitting else "use")
             raise ExportError(f"{flag} {group_size} does not divide the input features of {component} layers "
-                              f"{listing}; use a group size that divides them, e.g. 32")
+                              f"{listing}; {hint} {PER_CHANNEL} for one scale per output channel")
     delay = options.delay_tokens or config.delay_tokens
     prompt = 1 + config.audio.n_left_pad_tokens + delay
     window = min(options.sliding_window or config.decoder.sliding_window, config.decoder.sliding_window)

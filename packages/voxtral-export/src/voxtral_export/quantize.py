@@ -24,7 +24,7 @@ def linear_config(scheme: str, group_size: int):
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
 
-    granularity = PerGroup(group_size) if scheme in GROUPED else PerAxis(0)
+    granularity = PerGroup(group_size) if scheme in GROUPED and group_size else PerAxis(0)
     if scheme == "4w":
         return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=granularity,
                                     intx_choose_qparams_algorithm="hqq_scale_only")
@@ -82,7 +82,7 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
         for i, unit in enumerate(units):
             unit.to(dtype)
             if scheme:
-                gs = group_size if scheme in GROUPED else None
+                gs = group_size if scheme in GROUPED and group_size else None
                 fits = _linears_fit(gs)
                 skipped.extend(f"{label}[{i}].{name}" for name, m in unit.named_modules()
                                if isinstance(m, nn.Linear) and not fits(m, name))
