@@ -38,9 +38,22 @@ def speechlike_wav(path: Path, seconds: float = 6.0) -> None:
     write_wav(path, (audio / np.abs(audio).max() * 0.7).astype(np.float32), SAMPLE_RATE)
 
 
+def bundle_is_current(bundle: Path) -> bool:
+    """A cached bundle is reused only while its .pte contract version is the one this checkout writes."""
+    import json
+
+    from voxtral_export.metadata import PTE_FORMAT_VERSION
+    from voxtral_export.pipeline import MANIFEST_FILE, MODEL_FILE
+
+    manifest = bundle / MANIFEST_FILE
+    if not (bundle / MODEL_FILE).exists() or not manifest.exists():
+        return False
+    return json.loads(manifest.read_text())["metadata"].get("pte_format_version") == PTE_FORMAT_VERSION
+
+
 def build(progress: bool) -> Path:
     from voxtral_export.options import ExportOptions
-    from voxtral_export.pipeline import MODEL_FILE, export_bundle
+    from voxtral_export.pipeline import export_bundle
     from voxtral_export.progress import Progress
     from voxtral_model.synth import write_synthetic_checkpoint
 
@@ -48,7 +61,7 @@ def build(progress: bool) -> Path:
     if not (checkpoint / "consolidated.safetensors").exists():
         print("• writing a tiny synthetic checkpoint (random weights) ...", flush=True)
         write_synthetic_checkpoint(checkpoint, "tiny", seed=0)
-    if not (bundle / MODEL_FILE).exists():
+    if not bundle_is_current(bundle):
         print("• exporting it to ExecuTorch (XNNPACK, streaming; about two minutes, once) ...", flush=True)
         export_bundle(ExportOptions(model_path=checkpoint, output_dir=bundle, streaming=True),
                       Progress(enabled=progress))

@@ -86,17 +86,37 @@ def test_offline_fp32_methods_match_eager(bundles, tiny_config, name):
 
 
 def test_streaming_chunks_reproduce_the_offline_encoder_program(bundles, tiny_config):
-    """28 s: the encoder ring (1,500 slots) wraps; every chunk's embedding equals the offline program's."""
+    """28 s: the encoder ring (814 slots) wraps; every chunk's embedding equals the offline program's."""
     stream = Program(bundles("xnnpack-stream") / "model.pte")
     offline = Program(bundles("xnnpack-offline") / "model.pte")
     pre = Program(bundles("xnnpack-stream") / "preprocessor.pte")
     audio = speechlike(28.0, seed=4)
     padded = pad_audio(tiny_config, audio)
     whole = offline("audio_encoder", pre("forward", block_padded(tiny_config, audio)))[:, : padded.shape[0] // 1280]
-    chunks = torch.cat([stream("encode_audio_chunk", pre("stream_window", window), torch.arange(4 * s, 4 * s + 4))
-                        for s, window in stream_mel_windows(tiny_config, padded)], dim=1)
-    assert chunks.shape == whole.shape and whole.shape[1] * 4 > 1500
+    mels = [pre("stream_window", window) for _, window in stream_mel_windows(tiny_config, padded)]
+    chunks = torch.cat([stream("encode_audio_chunk", mel, torch.arange(4 * s, 4 * s + 4))
+                        for s, mel in enumerate(mels)], dim=1)
+    assert chunks.shape == whole.shape and whole.shape[1] * 4 > 814
     assert rel_err(chunks, whole) < 1e-4
+
+
+@pytest.mark.parametrize("steps_per_call", [16, 5])
+def test_several_steps_per_encoder_call_equal_one_step_per_call(bundles, tiny_config, steps_per_call):
+    """Queued audio is encoded up to 16 steps a call (64 ring positions); the causal encoder gives the same embeddings
+    as one step a call, across ring wraps (30 s = 1,500 frames > 814 slots) and with a short last call."""
+    name = "xnnpack-stream"
+    single, batched = Program(bundles(name) / "model.pte"), Program(bundles(name) / "model.pte")
+    pre = Program(bundles(name) / "preprocessor.pte")
+    assert single.constant("max_encoder_steps") == 16
+    padded = pad_audio(tiny_config, speechlike(30.0, seed=6))
+    mels = [pre("stream_window", window) for _, window in stream_mel_windows(tiny_config, padded)]
+    one = torch.cat([single("encode_audio_chunk", mel, torch.arange(4 * s, 4 * s + 4)) for s, mel in enumerate(mels)],
+                    dim=1)
+    many = torch.cat([batched("encode_audio_chunk", torch.cat(mels[s : s + steps_per_call], dim=2),
+                              torch.arange(4 * s, 4 * min(s + steps_per_call, len(mels))))
+                      for s in range(0, len(mels), steps_per_call)], dim=1)
+    assert len(mels) % steps_per_call and many.shape == one.shape
+    assert rel_err(many, one) < 1e-5
 
 
 def test_ring_decoder_past_its_window_matches_sliding_window_attention(bundles):
@@ -188,7 +208,7 @@ def test_preprocessor_matches_the_torch_frontend(bundles, tiny_config, name):
 def test_metadata_and_manifest(bundles, tiny_config):
     bundle = bundles("xnnpack-stream")
     pte = Program(bundle / "model.pte")
-    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 1, "streaming": True, "backend": "xnnpack",
+    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 2, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
               "sample_rate": 16000, "step_samples": 1280, "chunk_mel_len": 8, "delay_tokens": 6,
               "n_left_pad_tokens": 32, "n_right_pad_tokens": 17, "bos_id": 1, "eos_id": 2, "streaming_pad_id": 32,
               "streaming_word_id": 33, "n_special_tokens": 1000, "log_mel_floor": -6.5, "conv2_pad": 1,

@@ -34,9 +34,12 @@ def offline_engine(bundles):
     return Engine(BundlePaths.resolve(bundles("xnnpack-offline")))
 
 
-def run_session(engine, audio: np.ndarray, chunks=None, **options):
-    """Feeds audio in the given chunk sizes (None: all at once); returns (token ids, text, events)."""
+def run_session(engine, audio: np.ndarray, chunks=None, steps_per_call=None, **options):
+    """Feeds audio in the given chunk sizes (None: all at once); returns (token ids, text, events).
+    `steps_per_call` caps the 80 ms steps one encoder call may take (the program's maximum by default)."""
     session = engine.session(token_ids=True, **options)
+    if steps_per_call is not None:
+        session.max_encoder_steps = steps_per_call
     events = []
     if chunks is None:
         events += session.feed(audio)
@@ -81,6 +84,19 @@ def test_output_does_not_depend_on_chunking(stream_engine):
     random_sizes = list(rng.integers(1, 5000, size=200))
     for chunks in ([1] * len(audio), [1280] * 38, [16000] * 3, random_sizes):
         assert run_session(stream_engine, audio, chunks=chunks)[:2] == reference
+
+
+def test_audio_faster_than_real_time_catches_up_in_fewer_encoder_calls(stream_engine):
+    """A whole file at once (or a client that ran ahead) is encoded 16 steps a call: far fewer calls than steps, and
+    the tokens and text of one step per call."""
+    audio = speechlike(6.0, seed=14).numpy()
+    one_per_call = run_session(stream_engine, audio, steps_per_call=1)
+    session = stream_engine.session(token_ids=True)
+    events = session.feed(audio) + session.finish()
+    pieces = [e for e in events if isinstance(e, TextPiece)]
+    assert ([i for p in pieces for i in p.token_ids], "".join(p.text for p in pieces)) == one_per_call[:2]
+    steps = session.step_index
+    assert steps > 100 and session.encoder_calls <= -(-steps // 16) + 2  # + the two calls of finish's padding
 
 
 def test_stream_longer_than_both_windows_matches_eager(bundles, tiny_config):

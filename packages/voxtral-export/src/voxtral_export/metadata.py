@@ -10,10 +10,10 @@ from voxtral_model.encoder import CONV1_LEFT_PAD, CONV2_LEFT_PAD
 from voxtral_model.mel import LOG_MEL_RANGE, stream_window_left_context, stream_window_samples
 
 from .options import GROUPED, ExportOptions
-from .programs import encoder_block_mel_frames
+from .programs import encoder_block_mel_frames, max_encoder_steps
 
 PTE_FORMAT = "voxtral-realtime"
-PTE_FORMAT_VERSION = 1
+PTE_FORMAT_VERSION = 2  # 2: encode_audio_chunk takes 1..max_encoder_steps steps a call
 
 
 def audio_metadata(config: VoxtralConfig) -> dict:
@@ -55,6 +55,7 @@ def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: 
         "max_seq_len": options.max_seq_len,
         "sliding_window": decoder_window,
         "max_enc_len": options.max_enc_len,
+        "max_encoder_steps": max_encoder_steps(config) if options.streaming else 0,
         "max_audio_tokens": max_audio_tokens,
         "encoder_block_tokens": encoder_block_mel_frames() // config.mel_frames_per_token,
         "conv1_pad": CONV1_LEFT_PAD,

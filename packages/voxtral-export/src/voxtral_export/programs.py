@@ -36,8 +36,16 @@ class AudioEncoderMethod(nn.Module):
         return self.model.encode_audio(mel).float()
 
 
+def max_encoder_steps(config: VoxtralConfig) -> int:
+    """Most 80 ms steps one `encode_audio_chunk` call takes: the encoder frames of all of them (4 a step, the
+    downsample factor) must fit one ring-cache call (attention.RING_CHUNK positions)."""
+    return RING_CHUNK // config.encoder.downsample_factor
+
+
 class EncodeAudioChunkMethod(nn.Module):
-    """mel (1, n_mels, 8) + encoder positions (4,) -> one audio embedding (1, 1, dim)."""
+    """mel (1, n_mels, 8k) + encoder positions (4k,) -> k audio embeddings (1, k, dim), for 1 <= k <= 16 steps.
+
+    The encoder is causal, so k steps in one call give what k calls give, while its weights are read once."""
 
     def __init__(self, step: StreamingEncoder):
         super().__init__()
@@ -103,8 +111,13 @@ def export_model_methods(model: VoxtralRealtime, streaming: bool, max_seq_len: i
     with torch.no_grad():
         if streaming:
             step = EncodeAudioChunkMethod(model.streaming_encoder())
-            sample = (torch.zeros(1, n_mels, frames), torch.arange(4, dtype=torch.int64))
-            programs[ENCODE_AUDIO_CHUNK] = export(step, sample, strict=True)
+            enc_frames = config.encoder.downsample_factor  # encoder frames per 80 ms step
+            steps = Dim("encoder_steps", min=1, max=max_encoder_steps(config))
+            # The sample takes several steps so that export does not specialise the step count.
+            sample = (torch.zeros(1, n_mels, frames * 2), torch.arange(2 * enc_frames, dtype=torch.int64))
+            programs[ENCODE_AUDIO_CHUNK] = export(
+                step, sample, strict=True,
+                dynamic_shapes={"mel_chunk": {2: frames * steps}, "enc_input_pos": {0: enc_frames * steps}})
         else:
             block = encoder_block_mel_frames()
             most = max(-(-max_audio_tokens(config, max_audio_len_s) * frames // block), 3)

@@ -125,15 +125,20 @@ class Adapter(nn.Sequential):
     def __init__(self, args: EncoderArgs, out_dim: int):
         in_dim = args.dim * args.downsample_factor
         super().__init__(nn.Linear(in_dim, out_dim, bias=False), nn.GELU(), nn.Linear(out_dim, out_dim, bias=False))
-        self.in_dim = in_dim
+        self.in_dim, self.factor = in_dim, args.downsample_factor
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(1, T, enc_dim) with T a multiple of the factor -> (1, T/factor, out_dim); computed 2-D (see Encoder)."""
-        return super().forward(frames.reshape(-1, self.in_dim))[None]
+        """(1, T, enc_dim) with T a multiple of the factor -> (1, T/factor, out_dim); computed 2-D (see Encoder).
+        Token t is frames factor*t .. factor*t + factor - 1 side by side: gathered by strided slices, not a reshape,
+        because reshaping a symbolic T makes torch.export specialise away the one-token streaming call."""
+        grouped = torch.cat([frames[0, j :: self.factor] for j in range(self.factor)], dim=-1)
+        return super().forward(grouped)[None]
 
 
 class StreamingEncoder(nn.Module):
-    """One 80 ms step: mel (1, n_mels, 8) + encoder positions (4,) -> one audio embedding (1, 1, out_dim).
+    """k 80 ms steps: mel (1, n_mels, 8k) + encoder positions (4k,) -> k audio embeddings (1, k, out_dim).
+
+    k steps in one call equal k calls of one step (the encoder is causal), up to RING_CHUNK encoder frames a call.
 
     Carries the conv stem's left context (2 mel frames, 1 conv1 frame) and a ring KV cache per layer as buffers. The
     conv state is zeroed when the step starts at position 0, so a new stream needs no explicit reset; the ring cache

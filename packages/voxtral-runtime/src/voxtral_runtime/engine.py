@@ -30,6 +30,10 @@ class Engine:
         """A program instance with its own state (reuses the one loaded at start-up first)."""
         return self._spare.pop() if self._spare else ModelInstance(self.spec)
 
+    def release(self, instance: ModelInstance) -> None:
+        """Hands an instance back for a later session (a new session starts at position 0: no reset needed)."""
+        self._spare.append(instance)
+
     def session(self, instance: ModelInstance | None = None, streaming: bool | None = None,
                 temperature: float = 0.0, seed: int | None = None, max_new_tokens: int | None = None,
                 token_ids: bool = False) -> Session:

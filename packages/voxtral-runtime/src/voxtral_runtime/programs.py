@@ -22,7 +22,7 @@ PREPROCESSOR_FILE = "preprocessor.pte"
 TOKENIZER_FILE = "tekken.json"
 MANIFEST_FILE = "manifest.json"
 PTE_FORMAT = "voxtral-realtime"
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (2,)
 
 AUDIO_ENCODER = "audio_encoder"
 ENCODE_AUDIO_CHUNK = "encode_audio_chunk"

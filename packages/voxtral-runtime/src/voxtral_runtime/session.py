@@ -214,6 +214,8 @@ class StreamingSession(Session):
         self.buf_len = self.left_context + self.left_pad
         self.step_index = 0
         self.frames_per_step = meta["downsample_factor"]
+        self.max_encoder_steps = meta["max_encoder_steps"]
+        self.encoder_calls = 0  # encode_audio_chunk calls so far (fewer than steps when audio queued up)
 
     @property
     def audio_processed_s(self) -> float:
@@ -233,23 +235,38 @@ class StreamingSession(Session):
         self.buf[self.buf_len : need] = samples
         self.buf_len = need
 
-    def _run_steps(self, events: list, mode: str | None = None) -> None:
-        run, inst = self.instance.run, self.instance
+    def _ready_steps(self) -> int:
+        """Steps whose window (with its look-ahead) the buffer holds and that have not run yet: step s needs the
+        padded samples up to tok * (s + 1) + lookahead."""
         end = self.buf_start + self.buf_len
-        while self.step_index * self.tok + self.tok + self.lookahead <= end:
-            s = self.step_index
+        return max((end - self.lookahead) // self.tok - self.step_index, 0)
+
+    def _window(self, step: int) -> torch.Tensor:
+        offset = step * self.tok - self.left_context - self.buf_start
+        return torch.from_numpy(self.buf[offset : offset + self.window])
+
+    def _run_steps(self, events: list, mode: str | None = None) -> None:
+        """Runs every ready step. Steps that are queued (audio arrived faster than the model runs, or the leading
+        silence) are encoded up to `max_encoder_steps` per encoder call: the encoder is causal, so the embeddings
+        are those of one step per call, and its weights are read once per call instead of once per step."""
+        run, inst = self.instance.run, self.instance
+        while (ready := self._ready_steps()) > 0:
             if self.stopped:  # max_new_tokens reached or EOS at the end: consume audio without computing
+                self.step_index += ready
+                return
+            first, n = self.step_index, min(ready, self.max_encoder_steps)
+            mels = [run(inst.stream_window, self._window(first + i)) for i in range(n)]
+            base = first * self.frames_per_step
+            audio = run(inst.encode_chunk, mels[0] if n == 1 else torch.cat(mels, dim=2),
+                        torch.arange(base, base + n * self.frames_per_step))
+            self.encoder_calls += 1
+            for i in range(n):
                 self.step_index += 1
-                continue
-            offset = s * self.tok - self.left_context - self.buf_start
-            window = torch.from_numpy(self.buf[offset : offset + self.window])
-            mel = run(inst.stream_window, window)
-            base = s * self.frames_per_step
-            audio = run(inst.encode_chunk, mel, torch.arange(base, base + self.frames_per_step))
-            self.step_index += 1
-            token = self.loop.step(audio)
-            if token is not None:
-                self._token_events(token, s, events, mode)
+                if self.stopped:
+                    continue
+                token = self.loop.step(audio[:, i : i + 1])
+                if token is not None:
+                    self._token_events(token, first + i, events, mode)
 
     def feed(self, samples: np.ndarray) -> list:
         samples = self._check_audio(samples)

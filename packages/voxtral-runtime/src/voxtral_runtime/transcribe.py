@@ -76,13 +76,17 @@ def transcribe_stdin(engine: Engine, printer: Printer, chunk_ms: float, stdin=No
     """Raw float32 mono samples at the model's rate on stdin (e.g. from ffmpeg); Ctrl+C or EOF ends."""
     stdin = stdin or sys.stdin.buffer
     session = engine.session(streaming=True, **session_options)
-    chunk_bytes = 4 * max(1, int(engine.spec.meta["sample_rate"] * chunk_ms / 1000))
+    meta = engine.spec.meta
+    chunk_bytes = 4 * max(1, int(meta["sample_rate"] * chunk_ms / 1000))
+    # read1 returns what has arrived, up to this: audio that piled up while the model was behind is fed at once, so
+    # the session encodes it several steps per encoder call.
+    catch_up_bytes = max(chunk_bytes, 4 * meta["step_samples"] * max(meta["max_encoder_steps"], 1))
     interrupted = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
         pending = b""
         while not interrupted:
-            data = stdin.read1(chunk_bytes) if hasattr(stdin, "read1") else stdin.read(chunk_bytes)
+            data = stdin.read1(catch_up_bytes) if hasattr(stdin, "read1") else stdin.read(chunk_bytes)
             if not data:
                 break
             data = pending + data
