@@ -8,6 +8,7 @@ strict mode turns into symbolic values instead of baking in the sample's value. 
 from __future__ import annotations
 
 import torch
+import torch.fx.experimental._config
 from torch import nn
 from torch.export import Dim, ExportedProgram, export
 
@@ -99,6 +100,19 @@ def max_audio_tokens(config: VoxtralConfig, max_audio_len_s: float) -> int:
             + config.right_pad_tokens)
 
 
+def export_streaming_encoder(step: StreamingEncoder, config: VoxtralConfig) -> ExportedProgram:
+    """`encode_audio_chunk`: 1 to max_encoder_steps 80 ms steps per call."""
+    frames, enc_frames = config.mel_frames_per_token, config.encoder.downsample_factor  # per 80 ms step
+    steps = Dim("encoder_steps", min=1, max=max_encoder_steps(config))
+    # The sample takes several steps so that export does not specialise the step count.
+    sample = (torch.zeros(1, config.encoder.num_mel_bins, frames * 2), torch.arange(2 * enc_frames, dtype=torch.int64))
+    # Size-oblivious: the adapter's strided slices would otherwise make export guard on "steps != 1" (the sample has
+    # 2 steps) and drop the one-step call; the code is the same for every step count.
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        return export(EncodeAudioChunkMethod(step), sample, strict=True,
+                      dynamic_shapes={"mel_chunk": {2: frames * steps}, "enc_input_pos": {0: enc_frames * steps}})
+
+
 def export_model_methods(model: VoxtralRealtime, streaming: bool, max_seq_len: int,
                          max_audio_len_s: float) -> dict[str, ExportedProgram]:
     """The programs of model.pte: the audio encoder (whole signal or one 80 ms step), decoder, embedding."""
@@ -110,14 +124,7 @@ def export_model_methods(model: VoxtralRealtime, streaming: bool, max_seq_len: i
     programs: dict[str, ExportedProgram] = {}
     with torch.no_grad():
         if streaming:
-            step = EncodeAudioChunkMethod(model.streaming_encoder())
-            enc_frames = config.encoder.downsample_factor  # encoder frames per 80 ms step
-            steps = Dim("encoder_steps", min=1, max=max_encoder_steps(config))
-            # The sample takes several steps so that export does not specialise the step count.
-            sample = (torch.zeros(1, n_mels, frames * 2), torch.arange(2 * enc_frames, dtype=torch.int64))
-            programs[ENCODE_AUDIO_CHUNK] = export(
-                step, sample, strict=True,
-                dynamic_shapes={"mel_chunk": {2: frames * steps}, "enc_input_pos": {0: enc_frames * steps}})
+            programs[ENCODE_AUDIO_CHUNK] = export_streaming_encoder(model.streaming_encoder(), config)
         else:
             block = encoder_block_mel_frames()
             most = max(-(-max_audio_tokens(config, max_audio_len_s) * frames // block), 3)
