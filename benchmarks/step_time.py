@@ -1,17 +1,21 @@
-"""Streaming step benchmark: where the 80 ms go, against the memory-bandwidth floor and eager PyTorch, in one run.
+"""Streaming step benchmark: each part of an 80 ms step against its own memory-read floor, in one run.
 
-    uv run benchmarks/step_time.py BUNDLE --checkpoint CKPT [--steps 50] [--no-eager]
+    uv run benchmarks/step_time.py BUNDLE --checkpoint CKPT [--runs 3] [--steps 20] [--no-eager]
 
 BUNDLE is a streaming export (e.g. benchmarks/export_full.py's xnnpack-streaming-8da4w); CKPT the checkpoint it came
-from (for the eager comparison and the KV-cache sizes). Everything is measured in one run, side by side:
-- copy bandwidth: a 1 GiB tensor copy on every core (bytes read + written per second);
-- the floor: bytes one step must read (weights without the embedding table, of which one row is read; and the KV
-  caches the attention kernels scan) divided by that bandwidth;
-- each method of a step (preprocessor window, encoder step, token embedding, decoder step), median over the steps;
-- the session's whole step (Python bookkeeping included) and so the Python overhead;
-- the same step in eager PyTorch with the same (quantized) weights (in a child process: eager wants an OpenMP
-  thread per core, the runtime one);
-- the real-time factor: step time / 80 ms.
+from (for the layer shapes and the eager comparison). A streaming step is bound by memory reads: every weight it uses
+is read once per step, and the attention scans every ring-cache slot. Each run measures, one after the other:
+- read bandwidth: a reduction over 1 GiB with one thread per core (a read-only stream, what weight-streaming kernels
+  need), and copy bandwidth beside it (bytes read + written);
+- per part, with ExecuTorch's own profiler (ETDump; XNNPACK reports each of its operators): the encoder step, its
+  linears and its attention; the decoder step, its layers' linears, the output head and its attention;
+- the session's whole step as the runtime runs it (Python included), and the encoder's cost per step when queued
+  audio is encoded 16 steps per call;
+- a session's time to its first token and its catch-up throughput on audio fed at once, with one encoder step per
+  call and with 16;
+- how busy the machine was: the idle and steal shares of all cores over the run.
+Each part's floor is its bytes / read bandwidth; the table shows the median over the runs and the spread (min-max).
+Eager PyTorch on the same quantized weights is timed once, in a child process (--no-eager skips it).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +37,54 @@ import numpy as np
 import torch
 
 STEP_S = 0.08
+BANDWIDTH_GIB = 1.0
+WARMUP_CALLS = 3
 
+
+# -- bytes a step reads -------------------------------------------------------------------------------------------
+
+def linear_bytes(out_features: int, in_features: int, scheme: str | None, group_size: int) -> float:
+    """Bytes of one linear's weights as the XNNPACK kernels read them: 4- or 8-bit values plus their scales (bf16 per
+    group for blockwise 4-bit, fp32 per output channel otherwise); fp32 when unquantized."""
+    if scheme is None:
+        return 4.0 * out_features * in_features
+    bits = 4 if "4w" in scheme else 8
+    grouped = bits == 4 and group_size > 0
+    scales = out_features * (in_features // group_size) * 2 if grouped else out_features * 4
+    return out_features * in_features * bits / 8 + scales
+
+
+def part_bytes(params: dict, meta: dict, options: dict) -> dict[str, float]:
+    """Bytes each part of one step must read."""
+    from voxtral_model.attention import ring_slots
+
+    enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
+    factor = params["multimodal"]["whisper_model_args"]["downsample_args"]["downsample_factor"]
+    e_scheme, e_group = options["qlinear_encoder"], options["qlinear_encoder_group_size"]
+    d_scheme, d_group = options["qlinear"], options["qlinear_group_size"]
+    e_dim, e_width, e_hidden = enc["dim"], enc["n_heads"] * enc["head_dim"], enc["hidden_dim"]
+    enc_layer = sum(linear_bytes(o, i, e_scheme, e_group) for o, i in (
+        (e_width, e_dim), (e_width, e_dim), (e_width, e_dim), (e_dim, e_width),
+        (e_hidden, e_dim), (e_hidden, e_dim), (e_dim, e_hidden)))
+    dim = params["dim"]
+    adapter = linear_bytes(dim, e_dim * factor, e_scheme, e_group) + linear_bytes(dim, dim, e_scheme, e_group)
+    q_width, kv_width, hidden = params["n_heads"] * params["head_dim"], params["n_kv_heads"] * params["head_dim"], \
+        params["hidden_dim"]
+    dec_layer = sum(linear_bytes(o, i, d_scheme, d_group) for o, i in (
+        (q_width, dim), (kv_width, dim), (kv_width, dim), (dim, q_width),
+        (hidden, dim), (hidden, dim), (dim, hidden)))
+    enc_kv = 4 * 2 * enc["n_layers"] * ring_slots(meta["max_enc_len"]) * e_width
+    dec_kv = 4 * 2 * params["n_layers"] * ring_slots(meta["sliding_window"]) * kv_width
+    return {
+        "encoder linears": enc["n_layers"] * enc_layer + adapter,
+        "encoder attention": enc_kv,
+        "decoder layer linears": params["n_layers"] * dec_layer,
+        "output head": linear_bytes(params["vocab_size"], dim, d_scheme, d_group),
+        "decoder attention": dec_kv,
+    }
+
+
+# -- measurements, each in a child process where threads or memory must be its own -------------------------------
 
 def median_time(fn, repeats: int) -> float:
     times = []
@@ -42,96 +95,69 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth(gib: float = 1.0) -> float:
-    """Bytes moved (read + written) per second by a large tensor copy, all threads."""
-    src = torch.ones(int(gib * 2**30) // 4)
+def bandwidth() -> dict[str, float]:
+    """Read-only and copy bandwidth over all cores (bytes per second), medians of 5."""
+    src = torch.ones(int(BANDWIDTH_GIB * 2**30) // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    seconds = median_time(lambda: dst.copy_(src), 5)
-    return 2 * src.numel() * 4 / seconds
+    src.sum(), dst.copy_(src)
+    nbytes = src.numel() * 4
+    return {"read": nbytes / median_time(src.sum, 5), "copy": 2 * nbytes / median_time(lambda: dst.copy_(src), 5)}
 
 
-def bytes_per_step(bundle: Path, meta: dict, params: dict) -> tuple[float, float]:
-    """(weights read per step, KV cache bytes scanned per step: every ring slot, each KV head once, fp32)."""
-    from voxtral_model.attention import ring_slots
+def _event_means(etdump: Path, calls: int) -> list[tuple[str, float]]:
+    """(event name, mean ms over the last `calls` calls) in execution order, for the one method in the dump."""
+    from executorch.devtools import Inspector
 
-    emb_bytes = meta["vocab_size"] * meta["dim"] * (1 if "embedding=8w" in meta["quantization"] else 4)
-    weights = (bundle / "model.pte").stat().st_size - emb_bytes
-    enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
-    kv = 4 * 2 * (enc["n_layers"] * ring_slots(meta["max_enc_len"]) * enc["n_heads"] * enc["head_dim"]
-                  + params["n_layers"] * ring_slots(meta["sliding_window"]) * params["n_kv_heads"] * params["head_dim"])
-    return weights, kv
+    events = []
+    for block in Inspector(etdump_path=str(etdump)).event_blocks:
+        if block.name != "Execute":
+            continue
+        for event in block.events:
+            if event.perf_data is not None and len(event.perf_data.raw) >= calls:
+                raw = event.perf_data.raw[-calls:]
+                events.append((event.name, sum(raw) / len(raw)))
+    return events
 
 
-def executorch_parts(engine, steps: int) -> dict[str, float]:
-    inst = engine.instance()
-    run = inst.run
-    meta = engine.spec.meta
-    window = torch.zeros(meta["stream_window_samples"])
-    mel = run(inst.stream_window, window)
-    # Fill the prompt so the decoder runs single-token steps at realistic positions.
-    session = engine.session(inst)
-    session.feed(np.zeros(meta["step_samples"] * 8, dtype=np.float32))
-    position = [session.step_index]
-    token = torch.tensor([[meta["streaming_pad_id"]]])
+def _sum(events, pattern: str) -> float:
+    return sum(ms for name, ms in events if re.search(pattern, name)) / 1e3
 
-    def encoder():
-        p = position[0]
-        position[0] += 1
-        return run(inst.encode_chunk, mel, torch.arange(4 * p, 4 * p + 4))
 
-    audio = encoder()
-    embed = run(inst.token_embedding, token)
+def profile_parts(model: Path, steps: int) -> dict[str, float]:
+    """Seconds per step of each part, from ETDump of an encoder load and a decoder load of model.pte."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    from executorch.extension.pybindings import portable_lib
+    from executorch.kernels import quantized  # noqa: F401
 
-    def decoder():
-        p = position[0]
-        position[0] += 1
-        return run(inst.text_decoder, audio + embed, torch.tensor([p]))
+    def load():
+        return portable_lib._load_for_executorch(str(model), enable_etdump=True, debug_buffer_size=0)
 
+    calls = steps + WARMUP_CALLS
+    encoder, decoder = load(), load()
+    dim, n_mels = encoder.run_method("dim", ())[0], encoder.run_method("num_mel_bins", ())[0]
+    mel = torch.randn(1, n_mels, 8)
+    for s in range(calls):
+        encoder.run_method("encode_audio_chunk", (mel, torch.arange(4 * s, 4 * s + 4)))
+    embeds = torch.randn(1, 1, dim) * 0.1
+    decoder.run_method("text_decoder", (torch.randn(1, 39, dim) * 0.1, torch.arange(39)))
+    for p in range(39, 39 + calls):
+        decoder.run_method("text_decoder", (embeds, torch.tensor([p])))
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder.write_etdump_result_to_file(f"{tmp}/encoder.etdp")
+        decoder.write_etdump_result_to_file(f"{tmp}/decoder.etdp")
+        enc = _event_means(Path(f"{tmp}/encoder.etdp"), steps)
+        dec = _event_means(Path(f"{tmp}/decoder.etdp"), steps)
+    linears, attention = r"^Fully Connected", r"^llama::(custom_sdpa|update_cache)"
+    head = [ms for name, ms in dec if re.search(linears, name)][-1] / 1e3  # the last linear of the decoder
     return {
-        "preprocessor window": median_time(lambda: run(inst.stream_window, window), steps),
-        "encoder step": median_time(encoder, steps),
-        "token embedding": median_time(lambda: run(inst.token_embedding, token), steps),
-        "decoder step": median_time(decoder, steps),
+        "encoder linears": _sum(enc, linears),
+        "encoder attention": _sum(enc, attention),
+        "encoder step": _sum(enc, r"^Method::execute$"),
+        "decoder layer linears": _sum(dec, linears) - head,
+        "output head": head,
+        "decoder attention": _sum(dec, attention),
+        "decoder step": _sum(dec, r"^Method::execute$"),
     }
-
-
-def session_step(engine, steps: int) -> tuple[float, float]:
-    """(wall time per step of a whole session feeding 80 ms at a time, of which inside method calls), medians after
-    the prompt. The method time is taken inside the same steps, so the difference is the session's own work."""
-    meta = engine.spec.meta
-    instance = engine.instance()
-    session = engine.session(instance)
-    inside = [0.0]
-    plain_run = instance.run
-
-    def timed_run(method, *inputs):
-        t = time.perf_counter()
-        out = plain_run(method, *inputs)
-        inside[0] += time.perf_counter() - t
-        return out
-
-    instance.run = timed_run
-    chunk = (np.random.default_rng(0).standard_normal(meta["step_samples"]) * 0.05).astype(np.float32)
-    for _ in range(10):  # with the left padding, past the 39-token prompt prefill
-        session.feed(chunk)
-    times, in_methods = [], []
-    for _ in range(steps):
-        inside[0] = 0.0
-        t = time.perf_counter()
-        session.feed(chunk)
-        times.append(time.perf_counter() - t)
-        in_methods.append(inside[0])
-    return statistics.median(times), statistics.median(in_methods)
-
-
-def in_child(args: argparse.Namespace, role: str, steps: int) -> float:
-    """Runs `role` (bandwidth or eager) in a child process with an OpenMP thread per core: eager matmuls and a
-    bandwidth measurement need every core through OpenMP, while the runtime runs with one OpenMP thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}
-    out = subprocess.run([sys.executable, __file__, str(args.bundle), "--checkpoint", str(args.checkpoint), "--steps",
-                          str(steps), "--child", role], env=env, check=True, stdout=subprocess.PIPE, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def eager_step(checkpoint: Path, manifest: dict, steps: int) -> float:
@@ -163,57 +189,200 @@ def eager_step(checkpoint: Path, manifest: dict, steps: int) -> float:
     return median_time(step, steps)
 
 
+def in_child(args: argparse.Namespace, role: str, openmp_threads: int):
+    """Runs `role` in a child process and returns what it printed (JSON). Eager matmuls and the bandwidth stream
+    need an OpenMP thread per core; the profiled programs run as the runtime does, with one."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(openmp_threads)}
+    out = subprocess.run([sys.executable, __file__, str(args.bundle), "--checkpoint", str(args.checkpoint), "--steps",
+                          str(args.steps), "--child", role], env=env, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the runtime's own session --------------------------------------------------------------------------------------
+
+def session_step(engine, steps: int) -> tuple[float, float]:
+    """(wall time per step of a session fed 80 ms at a time, of which inside method calls), medians after the prompt.
+    The method time is taken inside the same steps, so the difference is the session's own work."""
+    meta = engine.spec.meta
+    instance = engine.instance()
+    session = engine.session(instance)
+    inside = [0.0]
+    plain_run = instance.run
+
+    def timed_run(method, *inputs):
+        t = time.perf_counter()
+        out = plain_run(method, *inputs)
+        inside[0] += time.perf_counter() - t
+        return out
+
+    instance.run = timed_run
+    chunk = (np.random.default_rng(0).standard_normal(meta["step_samples"]) * 0.05).astype(np.float32)
+    for _ in range(10):  # the leading silence and the prompt prefill (at step 38, 0.56 s into the audio)
+        session.feed(chunk)
+    times, in_methods = [], []
+    for _ in range(steps):
+        inside[0] = 0.0
+        t = time.perf_counter()
+        session.feed(chunk)
+        times.append(time.perf_counter() - t)
+        in_methods.append(inside[0])
+    engine.release(instance)
+    return statistics.median(times), statistics.median(in_methods)
+
+
+def batched_encoder_step(engine, steps: int) -> float:
+    """Seconds per 80 ms step of the encoder when queued audio is encoded max_encoder_steps steps per call."""
+    instance = engine.instance()
+    meta = engine.spec.meta
+    k = meta["max_encoder_steps"]
+    mel = torch.randn(1, meta["num_mel_bins"], 8 * k)
+    calls = [0]
+
+    def call():
+        s = calls[0] * k
+        calls[0] += 1
+        instance.run(instance.encode_chunk, mel, torch.arange(4 * s, 4 * (s + k)))
+
+    for _ in range(WARMUP_CALLS):
+        call()
+    per_call = median_time(call, max(3, steps // 4))
+    engine.release(instance)
+    return per_call / k
+
+
+def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float) -> tuple[float, float]:
+    """(seconds from session start to its first sampled token, fed the 0.56 s of audio that token waits for at once;
+    seconds of audio per second of compute for `catch_up_s` more audio fed at once), with at most `steps_per_call`
+    encoder steps per call."""
+    meta = engine.spec.meta
+    instance = engine.instance()
+    session = engine.session(instance)
+    session.max_encoder_steps = steps_per_call
+    rng = np.random.default_rng(1)
+    prompt_steps = meta["n_left_pad_tokens"] + meta["delay_tokens"] + 1  # the first token comes at the last of these
+    first = prompt_steps * meta["step_samples"] + meta["stream_lookahead"] - meta["n_left_pad_tokens"] * meta[
+        "step_samples"]
+    t = time.perf_counter()
+    session.feed((rng.standard_normal(first) * 0.05).astype(np.float32))
+    to_first_token = time.perf_counter() - t
+    assert session.sampled == 1, session.sampled
+    more = (rng.standard_normal(int(catch_up_s * meta["sample_rate"])) * 0.05).astype(np.float32)
+    t = time.perf_counter()
+    session.feed(more)
+    throughput = catch_up_s / (time.perf_counter() - t)
+    engine.release(instance)
+    return to_first_token, throughput
+
+
+def cpu_times() -> tuple[float, float, float]:
+    """(total, idle, steal) jiffies of all cores since boot, from /proc/stat (Linux)."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4], fields[7] if len(fields) > 7 else 0.0
+
+
+def one_run(args, engine) -> dict[str, float]:
+    before = cpu_times() if Path("/proc/stat").exists() else None
+    row = {f"{k} bandwidth": v for k, v in in_child(args, "bandwidth", os.cpu_count()).items()}
+    row.update(in_child(args, "profile", 1))
+    row["session step"], row["in method calls"] = session_step(engine, args.steps)
+    row["encoder step, 16 per call"] = batched_encoder_step(engine, args.steps)
+    for k in (1, engine.spec.meta["max_encoder_steps"]):
+        row[f"first token, {k} per call"], row[f"catch-up, {k} per call"] = start_and_catch_up(engine, k, args.catch_up_s)
+    if before is not None:
+        after = cpu_times()
+        total = after[0] - before[0]
+        row["idle share"], row["steal share"] = (after[1] - before[1]) / total, (after[2] - before[2]) / total
+    return row
+
+
+def spread(values: list[float], scale: float, fmt: str) -> str:
+    """'median [min-max]' of a figure over the runs."""
+    low = f".{fmt.split('.')[-1]}"
+    return f"{statistics.median(values) * scale:{fmt}} [{min(values) * scale:{low}}-{max(values) * scale:{low}}]"
+
+
+def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> None:
+    col = {k: [r[k] for r in runs] for k in runs[0]}
+    read = statistics.median(col["read bandwidth"])
+    print(f"\nbundle {args.bundle} ({meta['quantization']}, {meta['backend']}, decoder window "
+          f"{meta['sliding_window']}, encoder window {meta['max_enc_len']}); {len(runs)} runs, {args.steps} steps each")
+    print(f"read bandwidth   {spread(col['read bandwidth'], 1e-9, '.1f')} GB/s (1 GiB reduction, all cores)")
+    print(f"copy bandwidth   {spread(col['copy bandwidth'], 1e-9, '.1f')} GB/s (read + written)")
+    if "idle share" in col:
+        print(f"machine idle     {spread(col['idle share'], 100, '.0f')} %, steal {spread(col['steal share'], 100, '.0f')} %"
+              f" of all cores over each run")
+    enc_bytes = nbytes["encoder linears"] + nbytes["encoder attention"]
+    dec_bytes = nbytes["decoder layer linears"] + nbytes["output head"] + nbytes["decoder attention"]
+    rows = [(name, nbytes[name]) for name in ("encoder linears", "encoder attention")]
+    rows += [("encoder step", enc_bytes)]
+    rows += [(name, nbytes[name]) for name in ("decoder layer linears", "output head", "decoder attention")]
+    rows += [("decoder step", dec_bytes), ("session step", enc_bytes + dec_bytes)]
+    print(f"\n{'part':28s} {'reads':>8s} {'floor':>9s}   {'measured, median [min-max]':30s} {'x floor':>8s}")
+    for name, b in rows:
+        floor = b / read
+        times = col[name]
+        print(f"{name:28s} {b / 1e9:6.2f} GB {floor * 1e3:6.1f} ms   {spread(times, 1e3, '7.1f') + ' ms':30s} "
+              f"{statistics.median(times) / floor:6.2f}x")
+    per_step = col["encoder step, 16 per call"]
+    floor = enc_bytes / 16 / read
+    print(f"{'encoder step, 16 per call':28s} {enc_bytes / 16e9:6.2f} GB {floor * 1e3:6.1f} ms   "
+          f"{spread(per_step, 1e3, '7.1f') + ' ms':30s} {statistics.median(per_step) / floor:6.2f}x   (per step)")
+    whole = statistics.median(col["session step"])
+    overhead = [s - m for s, m in zip(col["session step"], col["in method calls"])]
+    print(f"\nPython overhead per step      {spread(overhead, 1e3, '.1f')} ms ({statistics.median(overhead) / whole:.1%})")
+    print(f"real-time factor              {whole / STEP_S:.2f} ({'faster' if whole < STEP_S else 'slower'} than real "
+          f"time); encoder 16 steps per call: {statistics.median(per_step) / statistics.median(col['encoder step']):.2f}x"
+          f" the cost per step of one step per call")
+    k = meta["max_encoder_steps"]
+    print(f"\n{'':28s} {'1 encoder step per call':>26s} {f'{k} per call':>26s} {'ratio':>7s}")
+    for what, unit, scale in (("first token", "s", 1), ("catch-up", "x real time", 1)):
+        one, many = col[f"{what}, 1 per call"], col[f"{what}, {k} per call"]
+        print(f"{what:28s} {spread(one, scale, '8.2f') + ' ' + unit:>26s} {spread(many, scale, '8.2f') + ' ' + unit:>26s} "
+              f"{statistics.median(many) / statistics.median(one):6.2f}x")
+    print("  first token: compute from session start to the first sampled token, the 0.56 s of audio it waits for fed "
+          f"at once;\n  catch-up: seconds of audio per second of compute for {args.catch_up_s:g} s more fed at once")
+    if eager is not None:
+        print(f"eager PyTorch step            {eager * 1e3:.1f} ms   ExecuTorch/eager {whole / eager:.3f}x")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", type=Path)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=3, help="repeats of the whole measurement (default: %(default)s)")
+    p.add_argument("--catch-up-s", type=float, default=5.0,
+                   help="audio fed at once for the catch-up throughput (default: %(default)s)")
     p.add_argument("--no-eager", action="store_true", help="skip the eager PyTorch comparison")
-    p.add_argument("--child", choices=["bandwidth", "eager"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["bandwidth", "profile", "eager"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child == "bandwidth":
-        print(copy_bandwidth())
+        print(json.dumps(bandwidth()))
         return 0
+    if args.child == "profile":
+        print(json.dumps(profile_parts(args.bundle / "model.pte", args.steps)))
+        return 0
+    manifest = json.loads((args.bundle / "manifest.json").read_text())
     if args.child == "eager":
-        manifest = json.loads((args.bundle / "manifest.json").read_text())
-        print(eager_step(args.checkpoint, manifest, args.steps))
+        print(json.dumps(eager_step(args.checkpoint, manifest, max(5, args.steps // 3))))
         return 0
 
     from voxtral_runtime.engine import Engine
     from voxtral_runtime.programs import BundlePaths
 
-    print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})", flush=True)
-    bandwidth = in_child(args, "bandwidth", 0)
     engine = Engine(BundlePaths.resolve(args.bundle))
     meta = engine.spec.meta
     if not meta["streaming"]:
         print("error: the bundle is not a streaming export", file=sys.stderr)
         return 2
     params = json.loads((args.checkpoint / "params.json").read_text())
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
-    weights, kv = bytes_per_step(args.bundle, meta, params)
-    parts = executorch_parts(engine, args.steps)
-    whole, in_methods = session_step(engine, args.steps)
-    methods = sum(parts.values())
-    eager = None if args.no_eager else in_child(args, "eager", max(5, args.steps // 3))
-
-    floor_w, floor_all = weights / bandwidth, (weights + kv) / bandwidth
-    print(f"\nbundle {args.bundle} ({meta['quantization']}, {meta['backend']}, decoder window "
-          f"{meta['sliding_window']}, encoder window {meta['max_enc_len']})")
-    print(f"copy bandwidth                {bandwidth / 1e9:8.1f} GB/s (read + write)")
-    print(f"weights read per step         {weights / 1e9:8.2f} GB   floor {floor_w * 1e3:7.1f} ms")
-    print(f"+ KV caches scanned per step  {kv / 1e9:8.2f} GB   floor {floor_all * 1e3:7.1f} ms")
-    for name, seconds in parts.items():
-        print(f"  {name:26s}  {seconds * 1e3:8.1f} ms")
-    print(f"sum of the method medians     {methods * 1e3:8.1f} ms")
-    print(f"session step (whole)          {whole * 1e3:8.1f} ms, of which in method calls {in_methods * 1e3:.1f} ms")
-    print(f"Python overhead per step      {(whole - in_methods) * 1e3:8.1f} ms ({(whole - in_methods) / whole:.1%})")
-    print(f"step / weights floor          {whole / floor_w:8.2f}x")
-    print(f"step / weights+KV floor       {whole / floor_all:8.2f}x")
-    if eager is not None:
-        print(f"eager PyTorch step            {eager * 1e3:8.1f} ms   ExecuTorch/eager {whole / eager:6.2f}x")
-    print(f"real-time factor              {whole / STEP_S:8.2f}  ({'faster' if whole < STEP_S else 'slower'} "
-          f"than real time)")
+    nbytes = part_bytes(params, meta, manifest["options"])
+    runs = []
+    for i in range(args.runs):
+        print(f"run {i + 1}/{args.runs} ...", file=sys.stderr, flush=True)
+        runs.append(one_run(args, engine))
+    eager = None if args.no_eager else in_child(args, "eager", os.cpu_count())
+    report(args, meta, runs, nbytes, eager)
     return 0
 
 
