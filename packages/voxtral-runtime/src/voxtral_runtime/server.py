@@ -232,13 +232,18 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
                     return
                 kind = request.WhichOneof("request")
                 if kind == "audio":
-                    payloads = [request.audio, *_take_waiting_audio(inbox, catch_up_bytes)]
-                    try:
-                        samples = [decode(payload) for payload in payloads]
-                    except AudioError as e:
-                        raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
-                    events = session.feed(resampler.process(np.concatenate(samples) if len(samples) > 1
-                                                            else samples[0]))
+                    samples, bad = [], None
+                    for payload in [request.audio, *_take_waiting_audio(inbox, catch_up_bytes)]:
+                        try:
+                            samples.append(decode(payload))
+                        except AudioError as e:
+                            bad = e  # the audio before it is still transcribed, then the call ends
+                            break
+                    joined = samples[0] if len(samples) == 1 else np.concatenate(samples) if samples else None
+                    events = session.feed(resampler.process(joined)) if joined is not None else []
+                    if bad is not None:
+                        yield from (self._response(e, session.audio_processed_s) for e in events)
+                        raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad)) from bad
                 elif kind == "control" and request.control == pb.CONTROL_FLUSH:
                     events = session.feed(resampler.flush()) + session.flush()
                 elif kind == "config":
