@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +27,9 @@ import voxtral_runtime  # noqa: F401,E402  first: one OpenMP thread, as the runt
 
 import torch  # noqa: E402
 
-from step_time import WARMUP_CALLS, _event_means, _sum, in_child, linear_bytes, spread  # noqa: E402
+from step_time import (  # noqa: E402
+    WARMUP_CALLS, _event_means, _sum, bandwidth_in_child, encoder_part_bytes, run_child, spread,
+)
 
 SCHEME = "8da4w"
 STEPS_PER_CALL = 16
@@ -66,15 +66,9 @@ def export_encoder(checkpoint: Path, group_size: int, path: Path) -> None:
 
 def encoder_bytes(checkpoint: Path, group_size: int) -> dict[str, float]:
     params = json.loads((checkpoint / "params.json").read_text())
-    whisper = params["multimodal"]["whisper_model_args"]
-    enc, factor, dim = whisper["encoder_args"], whisper["downsample_args"]["downsample_factor"], params["dim"]
-    e_dim, width, hidden = enc["dim"], enc["n_heads"] * enc["head_dim"], enc["hidden_dim"]
-    shapes = [(width, e_dim)] * 3 + [(e_dim, width), (hidden, e_dim), (hidden, e_dim), (e_dim, hidden)]
-    linears = enc["n_layers"] * sum(linear_bytes(o, i, SCHEME, group_size) for o, i in shapes)
-    linears += linear_bytes(dim, e_dim * factor, SCHEME, group_size) + linear_bytes(dim, dim, SCHEME, group_size)
-    from voxtral_model.attention import ring_slots
-
-    return {"linears": linears, "attention": 4 * 2 * enc["n_layers"] * ring_slots(enc["sliding_window"]) * width}
+    window = params["multimodal"]["whisper_model_args"]["encoder_args"]["sliding_window"]
+    parts = encoder_part_bytes(params, SCHEME, group_size, window)
+    return {"linears": parts["encoder linears"], "attention": parts["encoder attention"]}
 
 
 def profile(path: Path, n_mels: int, calls: int) -> dict[str, float]:
@@ -105,7 +99,7 @@ def main() -> int:
                    "(repeat to compare; default: 32 and 0)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--steps", type=int, default=12, help="profiled calls per measurement (default: %(default)s)")
-    p.add_argument("--child", choices=["bandwidth", "profile"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["profile"], help=argparse.SUPPRESS)
     p.add_argument("--program", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child == "profile":
@@ -120,20 +114,14 @@ def main() -> int:
             print(f"exporting the encoder with {SCHEME} group size {g} (15-20 min) ...", flush=True)
             export_encoder(args.checkpoint, g, program_path(args.out, g))
 
-    def child(role: str, threads: int, program: Path | None = None) -> dict:
-        cmd = [sys.executable, __file__, str(args.checkpoint), "--out", str(args.out), "--steps", str(args.steps),
-               "--child", role] + (["--program", str(program)] if program else [])
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        return json.loads(subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE,
-                                         text=True).stdout.strip().splitlines()[-1])
-
-    bandwidth_args = argparse.Namespace(bundle=args.out, checkpoint=args.checkpoint, steps=args.steps)
     runs = []
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs} ...", file=sys.stderr, flush=True)
-        row = {"read": in_child(bandwidth_args, "bandwidth", os.cpu_count())["read"]}
+        row = {"read": bandwidth_in_child()["read"]}
         for g in groups:
-            row.update({f"{g}: {k}": v for k, v in child("profile", 1, program_path(args.out, g)).items()})
+            profiled = run_child([__file__, str(args.checkpoint), "--out", str(args.out), "--steps", str(args.steps),
+                                  "--child", "profile", "--program", str(program_path(args.out, g))], 1)
+            row.update({f"{g}: {k}": v for k, v in profiled.items()})
         runs.append(row)
     col = {k: [r[k] for r in runs] for k in runs[0]}
     read = statistics.median(col["read"])

@@ -54,30 +54,36 @@ def linear_bytes(out_features: int, in_features: int, scheme: str | None, group_
     return out_features * in_features * bits / 8 + scales
 
 
+def encoder_part_bytes(params: dict, scheme: str | None, group_size: int, window: int) -> dict[str, float]:
+    """Bytes the streaming encoder reads per call: its layers' and the adapter's linears, and its ring caches."""
+    from voxtral_model.attention import ring_slots
+
+    whisper = params["multimodal"]["whisper_model_args"]
+    enc, factor, dim = whisper["encoder_args"], whisper["downsample_args"]["downsample_factor"], params["dim"]
+    e_dim, e_width, e_hidden = enc["dim"], enc["n_heads"] * enc["head_dim"], enc["hidden_dim"]
+    enc_layer = sum(linear_bytes(o, i, scheme, group_size) for o, i in (
+        (e_width, e_dim), (e_width, e_dim), (e_width, e_dim), (e_dim, e_width),
+        (e_hidden, e_dim), (e_hidden, e_dim), (e_dim, e_hidden)))
+    adapter = linear_bytes(dim, e_dim * factor, scheme, group_size) + linear_bytes(dim, dim, scheme, group_size)
+    return {"encoder linears": enc["n_layers"] * enc_layer + adapter,
+            "encoder attention": 4 * 2 * enc["n_layers"] * ring_slots(window) * e_width}
+
+
 def part_bytes(params: dict, meta: dict, options: dict) -> dict[str, float]:
     """Bytes each part of one step must read."""
     from voxtral_model.attention import ring_slots
 
-    enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
-    factor = params["multimodal"]["whisper_model_args"]["downsample_args"]["downsample_factor"]
-    e_scheme, e_group = options["qlinear_encoder"], options["qlinear_encoder_group_size"]
     d_scheme, d_group = options["qlinear"], options["qlinear_group_size"]
-    e_dim, e_width, e_hidden = enc["dim"], enc["n_heads"] * enc["head_dim"], enc["hidden_dim"]
-    enc_layer = sum(linear_bytes(o, i, e_scheme, e_group) for o, i in (
-        (e_width, e_dim), (e_width, e_dim), (e_width, e_dim), (e_dim, e_width),
-        (e_hidden, e_dim), (e_hidden, e_dim), (e_dim, e_hidden)))
     dim = params["dim"]
-    adapter = linear_bytes(dim, e_dim * factor, e_scheme, e_group) + linear_bytes(dim, dim, e_scheme, e_group)
     q_width, kv_width, hidden = params["n_heads"] * params["head_dim"], params["n_kv_heads"] * params["head_dim"], \
         params["hidden_dim"]
     dec_layer = sum(linear_bytes(o, i, d_scheme, d_group) for o, i in (
         (q_width, dim), (kv_width, dim), (kv_width, dim), (dim, q_width),
         (hidden, dim), (hidden, dim), (dim, hidden)))
-    enc_kv = 4 * 2 * enc["n_layers"] * ring_slots(meta["max_enc_len"]) * e_width
     dec_kv = 4 * 2 * params["n_layers"] * ring_slots(meta["sliding_window"]) * kv_width
     return {
-        "encoder linears": enc["n_layers"] * enc_layer + adapter,
-        "encoder attention": enc_kv,
+        **encoder_part_bytes(params, options["qlinear_encoder"], options["qlinear_encoder_group_size"],
+                             meta["max_enc_len"]),
         "decoder layer linears": params["n_layers"] * dec_layer,
         "output head": linear_bytes(params["vocab_size"], dim, d_scheme, d_group),
         "decoder attention": dec_kv,
@@ -189,13 +195,23 @@ def eager_step(checkpoint: Path, manifest: dict, steps: int) -> float:
     return median_time(step, steps)
 
 
-def in_child(args: argparse.Namespace, role: str, openmp_threads: int):
-    """Runs `role` in a child process and returns what it printed (JSON). Eager matmuls and the bandwidth stream
-    need an OpenMP thread per core; the profiled programs run as the runtime does, with one."""
+def run_child(argv: list[str], openmp_threads: int):
+    """Runs a Python script with `argv` in a child process and returns the JSON it printed last. Eager matmuls and the
+    bandwidth stream need an OpenMP thread per core; the profiled programs run as the runtime does, with one."""
     env = {**os.environ, "OMP_NUM_THREADS": str(openmp_threads)}
-    out = subprocess.run([sys.executable, __file__, str(args.bundle), "--checkpoint", str(args.checkpoint), "--steps",
-                          str(args.steps), "--child", role], env=env, check=True, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run([sys.executable, *argv], env=env, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def in_child(args: argparse.Namespace, role: str, openmp_threads: int):
+    """This script's `role` (bandwidth, profile, eager) in a child process."""
+    return run_child([__file__, str(args.bundle), "--checkpoint", str(args.checkpoint), "--steps", str(args.steps),
+                      "--child", role], openmp_threads)
+
+
+def bandwidth_in_child() -> dict[str, float]:
+    """Read and copy bandwidth, measured in a child with an OpenMP thread per core."""
+    return run_child([__file__, ".", "--checkpoint", ".", "--child", "bandwidth"], os.cpu_count())
 
 
 # -- the runtime's own session --------------------------------------------------------------------------------------
@@ -282,7 +298,7 @@ def cpu_times() -> tuple[float, float, float]:
 
 def one_run(args, engine) -> dict[str, float]:
     before = cpu_times() if Path("/proc/stat").exists() else None
-    row = {f"{k} bandwidth": v for k, v in in_child(args, "bandwidth", os.cpu_count()).items()}
+    row = {f"{k} bandwidth": v for k, v in bandwidth_in_child().items()}
     row.update(in_child(args, "profile", 1))
     row["session step"], row["in method calls"] = session_step(engine, args.steps)
     row["encoder step, 16 per call"] = batched_encoder_step(engine, args.steps)

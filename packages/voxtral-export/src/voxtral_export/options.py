@@ -138,8 +138,8 @@ def validate_against_config(options: ExportOptions, config: VoxtralConfig) -> No
         bad = incompatible_linears(config, group_size, component) if group_size != PER_CHANNEL else []
         if bad:
             listing = ", ".join(f"{name} ({width})" for name, width in bad)
-            fitting = [g for g in CANDIDATE_GROUP_SIZES[::-1] if not incompatible_linears(config, g, component)
-                       and (options.backend != "xnnpack" or g % XNNPACK_BLOCK_MULTIPLE == 0)]
+            # Every candidate is a multiple of XNNPACK's block multiple, so any that divides the widths fits.
+            fitting = [g for g in CANDIDATE_GROUP_SIZES[::-1] if not incompatible_linears(config, g, component)]
             hint = (f"use one that divides them: {', '.join(map(str, fitting))}, or" if fitting else "use")
             raise ExportError(f"{flag} {group_size} does not divide the input features of {component} layers "
                               f"{listing}; {hint} {PER_CHANNEL} for one scale per output channel")
