@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from voxtral_runtime.programs import BundlePaths
-from voxtral_runtime.server import Server, ServerOptions
+from voxtral_runtime.limits import ServerOptions
+from voxtral_runtime.server import Server
 
 
 def start_in_process(bundle: Path, **options) -> Server:

@@ -102,6 +102,16 @@ def test_read_wav_errors(tmp_path):
     bad.write_bytes(b"not a wav file at all")
     with pytest.raises(AudioError, match="bad.wav"):
         read_wav(bad)
+    zero_rate = tmp_path / "zero-rate.wav"  # the stdlib writer refuses rate 0, so the header is written by hand
+    fmt, data = struct.pack("<HHIIHH", 1, 1, 0, 0, 2, 16), bytes(20)
+    zero_rate.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", 16)
+                          + fmt + b"data" + struct.pack("<I", len(data)) + data)
+    with pytest.raises(AudioError, match="sample rate 0 Hz is outside 4000..384000"):
+        read_wav(zero_rate)
+    with pytest.raises(AudioError, match="sample rate 1 Hz"):
+        read_wav(write_float_wav(tmp_path / "one-hz.wav", np.zeros(100, np.float32), 1))
+    with pytest.raises(AudioError, match="no audio samples"):
+        read_wav(write_wav(tmp_path / "empty.wav", np.zeros(0, np.int16), 16000))
 
 
 @pytest.mark.parametrize(

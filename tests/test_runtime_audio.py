@@ -102,7 +102,22 @@ def test_float32_wav(tmp_path):
         wave.open(str(tmp_path / "f.wav"))
     samples, rate = read_wav(tmp_path / "f.wav")
     assert rate == 48000 and samples.shape == x.shape
-    np.testing.assert_array_equal(samples, x)
+    np.testing.assert_array_equal(samples, x)  # kept as they are: the session clips after the channels are mixed
+
+
+@pytest.mark.parametrize("value, message", [(1e20, r"magnitude 1e\+20"), (np.nan, "NaN"), (np.inf, "infinite")])
+def test_float_samples_out_of_range_are_refused(tmp_path, value, message):
+    x = np.array([0.1, value, 0.2], dtype="<f4")
+    _write_riff(tmp_path / "f.wav", 3, 1, 16000, 32, x.tobytes())
+    with pytest.raises(AudioError, match=message):
+        read_wav(tmp_path / "f.wav")
+    with pytest.raises(AudioError, match=message):
+        decode_f32le(x.tobytes())
+
+
+def test_f32le_chunks_are_clipped_to_full_scale():
+    x = np.array([0.5, -1.5, 7.9, -8.0], dtype="<f4")
+    np.testing.assert_array_equal(decode_f32le(x.tobytes()), [0.5, -1.0, 1.0, -1.0])
 
 
 @pytest.mark.parametrize("tag, bits", [(3, 32), (1, 24), (1, 16)])
@@ -201,10 +216,17 @@ def test_decode_pcm16le():
 
 
 def test_decode_f32le():
-    x = np.array([0.25, -1.0, 3.5], "<f4")
+    x = np.array([0.25, -1.0, 0.5], "<f4")
     np.testing.assert_array_equal(decode_f32le(x.tobytes()), x)
     with pytest.raises(AudioError, match="multiple of 4"):
         decode_f32le(x.tobytes()[:-1])
     for bad in (np.nan, np.inf, -np.inf):
         with pytest.raises(AudioError, match="NaN or infinite"):
             decode_f32le(np.array([0.0, bad], "<f4").tobytes())
+
+
+def test_a_wav_at_an_absurd_rate_is_refused(tmp_path):
+    """100 samples at 1 Hz would be 100 s of audio."""
+    _write_riff(tmp_path / "slow.wav", 3, 1, 1, 32, np.zeros(100, "<f4").tobytes())
+    with pytest.raises(AudioError, match="sample rate 1 Hz is outside 4000..384000"):
+        read_wav(tmp_path / "slow.wav")

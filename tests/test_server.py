@@ -225,7 +225,7 @@ def test_idle_session_times_out(stub):
         time.sleep(6)
 
     status, details, _ = call(stub, requests())
-    assert status == grpc.StatusCode.DEADLINE_EXCEEDED and "no message for 3 s" in details
+    assert status == grpc.StatusCode.DEADLINE_EXCEEDED and "no audio or control for 3 s" in details
 
 
 def test_too_many_sessions(stub, address, engine):
@@ -285,7 +285,7 @@ def test_tls(bundle, tmp_path):
         server.stop(0)
 
 
-def test_sigterm_lets_the_session_in_flight_finish(bundle, tmp_path):
+def test_sigterm_transcribes_what_was_received_and_says_the_server_stopped(bundle, tmp_path):
     proc = ServerProcess(bundle, tmp_path, "--grace", "20")
     try:
         data = pcm16(3.0, seed=25)
@@ -298,14 +298,20 @@ def test_sigterm_lets_the_session_in_flight_finish(bundle, tmp_path):
                 yield data[i : i + 3200]
                 time.sleep(0.05)
 
+        events = []
         with RealtimeClient(proc.address) as client:
             iterator = client.transcribe(chunks(), 16000)
-            first = next(iterator)
-            assert first.kind == "started"
+            events.append(next(iterator))
+            assert events[0].kind == "started"
             sent.wait(10)
             proc.terminate()
-            events = list(iterator)
-        assert events[-1].kind == "final" and events[-1].reason == "end_of_audio"
+            with pytest.raises(RealtimeError) as error:
+                for event in iterator:
+                    events.append(event)
+        assert error.value.code == grpc.StatusCode.UNAVAILABLE and "shutting down" in error.value.message
+        final = events[-1]
+        assert final.kind == "final" and final.reason == "server_shutdown"  # not end_of_audio: the audio was cut
+        assert 0.4 < final.end_s < 3.0 and final.audio_processed_s == pytest.approx(final.end_s)
         assert proc.proc.wait(30) == 0
     finally:
         proc.stop()

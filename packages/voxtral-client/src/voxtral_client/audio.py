@@ -25,6 +25,8 @@ F32LE = "f32le"
 SAMPLE_BYTES = {PCM16LE: 2, F32LE: 4}
 
 MIC_SAMPLE_RATE = 16000  # the model's rate: nothing to resample on the server
+# Sample rates the server accepts (ModelDescription.min/max_sample_rate_hz); files outside are refused up front.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
 DEFAULT_CHUNK_MS = 80  # one model step
 
 WAVE_FORMAT_PCM = 0x0001
@@ -132,7 +134,13 @@ def read_wav(path: str | Path) -> WavAudio:
     except wave.Error:
         data, width, channels, rate, is_float = _read_riff(path)
     except (EOFError, struct.error) as e:
-        raise AudioError(f"{path}: truncated or malformed WAV file ({e})") from e
+        raise AudioError(f"{path}: truncated or malformed WAV file ({e or type(e).__name__})") from e
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if width < 1 or channels < 1:
+        raise AudioError(f"{path}: malformed format ({channels} channels of {8 * width} bits)")
+    if len(data) < width * channels:
+        raise AudioError(f"{path}: no audio samples")
     if width == 2 and not is_float:
         frames = np.frombuffer(data[: len(data) - len(data) % (2 * channels)], "<i2").reshape(-1, channels)
         if channels > 1:

@@ -37,8 +37,9 @@ _REASONS = {
     pb.FINAL_REASON_FLUSH: "flush",
     pb.FINAL_REASON_END_OF_AUDIO: "end_of_audio",
     pb.FINAL_REASON_MODEL_EOS: "model_eos",
-    pb.FINAL_REASON_CONTEXT_RESET: "context_reset",
     pb.FINAL_REASON_MAX_NEW_TOKENS: "max_new_tokens",
+    pb.FINAL_REASON_SERVER_SHUTDOWN: "server_shutdown",
+    pb.FINAL_REASON_SESSION_LIMIT: "session_limit",
 }
 
 
@@ -74,7 +75,8 @@ class Event:
     kind: "started" (session accepted), "delta" (new text; never revised) or "final" (end of a segment).
     For a delta, start_s/end_s are the audio span the text belongs to and `step` the 80 ms decode step; for a
     final, `text` is the whole segment, start_s/end_s its span and `reason` why it ended ("flush", "end_of_audio",
-    "model_eos", "context_reset", "max_new_tokens"). Times are seconds of the audio sent in this session.
+    "model_eos", "max_new_tokens", "server_shutdown", "session_limit"). Times are seconds of the audio sent in this
+    session; audio_received_s - audio_processed_s is how much of it waits for the model (the session's lag).
     """
 
     kind: str
@@ -86,6 +88,7 @@ class Event:
     reason: str | None = None
     session_id: str | None = None
     audio_processed_s: float = 0.0
+    audio_received_s: float = 0.0
     response: Any = field(default=None, repr=False, compare=False)  # the TranscribeResponse
 
     @property
@@ -95,7 +98,7 @@ class Event:
     @classmethod
     def from_response(cls, r: pb.TranscribeResponse) -> Event:
         which = r.WhichOneof("event")
-        common = {"audio_processed_s": r.audio_processed_s, "response": r}
+        common = {"audio_processed_s": r.audio_processed_s, "audio_received_s": r.audio_received_s, "response": r}
         if which == "delta":
             d = r.delta
             return cls("delta", d.text, d.start_s, d.end_s, d.step, tuple(d.token_ids), **common)

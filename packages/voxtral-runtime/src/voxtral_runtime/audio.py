@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import soxr
+from voxtral_client.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 SAMPLE_RATE = 16000
 RESAMPLE_QUALITY = "HQ"
@@ -22,6 +23,10 @@ WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_IEEE_FLOAT = 0x0003
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 INT16_SCALE = 32768.0
+# Float samples are nominally in [-1, 1]. Values a little beyond (a float WAV's overs, a resampler's ringing) are
+# clipped to it; values beyond MAX_FLOAT_MAGNITUDE are refused: no real recording is 18 dB over full scale, so they
+# are integer samples sent as floats, or garbage, and they would overflow the model's log-mel to infinity.
+MAX_FLOAT_MAGNITUDE = 8.0
 
 
 class AudioError(ValueError):
@@ -35,7 +40,8 @@ def _decode_samples(data: bytes, sample_width: int, channels: int, is_float: boo
     if is_float:
         if sample_width not in (4, 8):
             raise AudioError(f"{where}: unsupported float sample width {8 * sample_width} bits")
-        x = np.frombuffer(data, "<f4" if sample_width == 4 else "<f8").astype(np.float32)
+        x = np.frombuffer(data, "<f4" if sample_width == 4 else "<f8")
+        x = check_float_range(x, where, clip=False)
     elif sample_width == 1:  # 8-bit WAV is unsigned
         x = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif sample_width == 2:
@@ -104,6 +110,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         samples, rate = _read_riff(path)
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: no audio samples")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     return samples, rate
 
 
@@ -168,14 +176,26 @@ def decode_pcm16le(data: bytes) -> np.ndarray:
     return np.frombuffer(data, "<i2").astype(np.float32) / INT16_SCALE
 
 
+def check_float_range(x: np.ndarray, what: str, clip: bool = True) -> np.ndarray:
+    """Float samples -> float32 (clipped to [-1, 1] if `clip`); refuses NaN, infinity and magnitudes over
+    MAX_FLOAT_MAGNITUDE. Files keep their values (channels are mixed before the session clips)."""
+    x = np.asarray(x, dtype=np.float32)
+    if not len(x):
+        return x
+    peak = float(np.max(np.abs(x)))  # NaN propagates through max
+    if not np.isfinite(peak):
+        raise AudioError(f"{what} contains NaN or infinite samples")
+    if peak > MAX_FLOAT_MAGNITUDE:
+        raise AudioError(f"{what} has a sample of magnitude {peak:.3g}: float samples must lie in [-1, 1] (up to "
+                         f"{MAX_FLOAT_MAGNITUDE:g} is clipped); scale integer samples by 1/32768 or send PCM16LE")
+    return np.clip(x, -1.0, 1.0) if clip and peak > 1.0 else x
+
+
 def decode_f32le(data: bytes) -> np.ndarray:
-    """Raw 32-bit float little-endian mono samples -> float32; rejects NaN and infinity."""
+    """Raw 32-bit float little-endian mono samples -> float32 in [-1, 1] (see check_float_range)."""
     if len(data) % 4:
         raise AudioError(f"F32LE audio must have a multiple of 4 bytes, got {len(data)}")
-    x = np.frombuffer(data, "<f4").astype(np.float32)
-    if not np.isfinite(x).all():
-        raise AudioError("F32LE audio contains NaN or infinite samples")
-    return x
+    return check_float_range(np.frombuffer(data, "<f4"), "F32LE audio")
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
 from .programs import BundlePaths, ModelInstance, ModelSpec, ProgramError, load_spec
 from .sampling import Sampler
-from .session import OfflineSession, Session, StreamingSession
+from .session import HeldAudioSession, OfflineSession, Session, StreamingSession
 
+DEFAULT_MAX_OFFLINE_AUDIO_S = 300.0  # audio a streaming program holds for one offline segment
 WARMUP_SECONDS = 0.8  # enough audio for the prompt prefill and a few single-token decoder steps
 
 
@@ -20,30 +23,42 @@ class Engine:
         prompt = torch.tensor([self.spec.prompt_ids], dtype=torch.int64)
         # The prompt's token embeddings are the same for every session: computed once.
         self.prompt_embeds = first.run(first.token_embedding, prompt)
-        self._spare: list[ModelInstance] = [first]
+        self._spare: list[ModelInstance] = [first]  # idle instances, reused before new ones are loaded
+        self._spare_lock = threading.Lock()
 
     @property
     def streaming(self) -> bool:
         return self.spec.streaming
 
     def instance(self) -> ModelInstance:
-        """A program instance with its own state (reuses the one loaded at start-up first)."""
-        return self._spare.pop() if self._spare else ModelInstance(self.spec)
+        """A program instance with its own state: an idle one if there is one, else a newly loaded one."""
+        with self._spare_lock:
+            if self._spare:
+                return self._spare.pop()
+        return ModelInstance(self.spec)
 
     def release(self, instance: ModelInstance) -> None:
-        """Hands an instance back for a later session (a new session starts at position 0: no reset needed)."""
-        self._spare.append(instance)
+        """Hands an instance back for a later session. A new session starts at position 0 and needs no reset: its
+        masks hide what the last one left, and an instance whose outputs turned non-finite (session.ModelFault),
+        the one thing a mask cannot hide, must never be released."""
+        with self._spare_lock:
+            self._spare.append(instance)
 
-    def session(self, instance: ModelInstance | None = None, streaming: bool | None = None,
+    def session(self, instance: ModelInstance | None = None, streaming: bool | None = None, offline: bool = False,
                 temperature: float = 0.0, seed: int | None = None, max_new_tokens: int | None = None,
-                token_ids: bool = False) -> Session:
-        """A new session; a live (streaming) session needs a streaming program."""
+                token_ids: bool = False, max_offline_audio_s: float = DEFAULT_MAX_OFFLINE_AUDIO_S) -> Session:
+        """A new session. `streaming`: a live session, which needs a streaming program. `offline`: audio is held
+        and transcribed at each flush and at the end (an offline program always works so; a streaming program
+        holds up to `max_offline_audio_s` of it)."""
         if streaming and not self.spec.streaming:
             raise ProgramError("this model.pte is an offline program (whole-audio encoder); streaming needs a "
                                "program exported with voxtral-export --streaming")
         kind = StreamingSession if self.spec.streaming else OfflineSession
-        return kind(self.spec, instance or self.instance(), self.prompt_embeds, Sampler(temperature, seed=seed),
-                    max_new_tokens, token_ids)
+        session = kind(self.spec, instance or self.instance(), self.prompt_embeds, Sampler(temperature, seed=seed),
+                       max_new_tokens, token_ids)
+        if offline and self.spec.streaming:
+            return HeldAudioSession(session, max_offline_audio_s)
+        return session
 
     def warm_up(self, instance: ModelInstance) -> None:
         """Runs every method once on silence so the first real request does not pay for initialisation."""

@@ -117,10 +117,22 @@ class ModelSpec:
     tokenizer: Tekken
     methods: frozenset = field(default_factory=frozenset)
     shares_weights: bool = False  # instances share one copy of XNNPACK's packed weights
+    model_name: str = ""  # the checkpoint directory the bundle was exported from (its manifest's source)
 
     @property
     def streaming(self) -> bool:
         return bool(self.meta["streaming"])
+
+    @property
+    def max_offline_segment_samples(self) -> int:
+        """Client samples one pass of an offline program can hold: its tokens less the prompt and padding."""
+        m = self.meta
+        reserved = m["n_left_pad_tokens"] + m["n_right_pad_tokens"] + 1
+        return (min(m["max_seq_len"], m["max_audio_tokens"]) - reserved) * m["step_samples"]
+
+    @property
+    def max_offline_segment_s(self) -> float:
+        return self.max_offline_segment_samples / self.meta["sample_rate"]
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -180,12 +192,18 @@ def load_spec(paths: BundlePaths, share_weights: bool = True) -> ModelSpec:
         raise ProgramError(f"{paths.tokenizer}: BOS/EOS ids {tokenizer.bos_id}/{tokenizer.eos_id} differ from the "
                            f"program's {meta['bos_id']}/{meta['eos_id']}")
     return ModelSpec(paths=paths, meta=meta, preprocessor_meta=pre_meta, tokenizer=tokenizer,
-                     methods=frozenset(model.method_names), shares_weights=shares_weights)
+                     methods=frozenset(model.method_names), shares_weights=shares_weights,
+                     model_name=_model_name(paths))
 
 
-def read_manifest(paths: BundlePaths) -> dict:
+def _model_name(paths: BundlePaths) -> str:
+    """The checkpoint's directory name (e.g. Voxtral-Mini-4B-Realtime-2602) from the manifest, else the bundle's."""
     manifest = paths.model.parent / MANIFEST_FILE
-    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+    try:
+        source = json.loads(manifest.read_text()).get("source", "")
+    except (OSError, ValueError, AttributeError):
+        source = ""
+    return Path(source).name if source else paths.model.parent.name
 
 
 class ModelInstance:

@@ -19,15 +19,37 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .audio import AudioError, check_float_range
 from .programs import ModelInstance, ModelSpec
 from .sampling import Sampler
 from .tokenizer import StreamingDetokenizer
 
 FLUSH, END_OF_AUDIO, MODEL_EOS, MAX_NEW_TOKENS = "flush", "end_of_audio", "model_eos", "max_new_tokens"
+# Reasons a caller gives `finish` when the audio is cut rather than ended by the client.
+SERVER_SHUTDOWN, SESSION_LIMIT = "server_shutdown", "session_limit"
 
 
 class SessionError(ValueError):
     """Bad input to a session (wrong audio, audio after the end, too long for an offline program)."""
+
+
+class SessionLimit(SessionError):
+    """Input beyond what the session can hold (an offline segment longer than the program or buffer allows)."""
+
+
+class ModelFault(RuntimeError):
+    """The programs produced NaN or infinity. The session cannot go on, and its instance must not serve another
+    session: the non-finite values may sit in its caches, where even a masked slot poisons attention (0 * NaN)."""
+
+
+def require_finite(output: torch.Tensor, what: str) -> torch.Tensor:
+    """Checks every call's output. That is enough to keep caches clean: a call writes its keys and values before
+    its queries attend, and each query sees its own position, so a non-finite value written into a cache shows in
+    the output of the call that wrote it. A sum is finite iff every element is (finite outputs never overflow it)
+    and costs a few microseconds, against hundreds for isfinite().all() on the vocabulary's logits."""
+    if not torch.isfinite(output.sum()):
+        raise ModelFault(f"the {what} produced non-finite values")
+    return output
 
 
 @dataclass
@@ -108,7 +130,7 @@ class TokenLoop:
             self.position_tensor[0] = position
             embed = audio_embed + run(self.instance.token_embedding, self.token_tensor)
             logits = run(self.instance.text_decoder, embed, self.position_tensor)
-        token = self.sampler(logits[0, -1])
+        token = self.sampler(require_finite(logits[0, -1], "text decoder"))
         self.next_input = self.pad if token == self.eos else token
         return token
 
@@ -189,13 +211,13 @@ class Session:
     def audio_processed_s(self) -> float:
         raise NotImplementedError
 
-    def _check_audio(self, samples: np.ndarray) -> np.ndarray:
+    def check_audio(self, samples: np.ndarray) -> np.ndarray:
         if self.finished:
             raise SessionError("audio after the end of the session")
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if not np.isfinite(samples).all():
-            raise SessionError("audio contains NaN or infinite samples")
-        return samples
+        try:
+            return check_float_range(np.asarray(samples).reshape(-1), "audio")
+        except AudioError as e:
+            raise SessionError(str(e)) from None
 
 
 class StreamingSession(Session):
@@ -216,6 +238,7 @@ class StreamingSession(Session):
         self.frames_per_step = meta["downsample_factor"]
         self.max_encoder_steps = meta["max_encoder_steps"]
         self.encoder_calls = 0  # encode_audio_chunk calls so far (fewer than steps when audio queued up)
+        self.flushed_at = 0  # client samples at the last flush
 
     @property
     def audio_processed_s(self) -> float:
@@ -257,8 +280,8 @@ class StreamingSession(Session):
             first, n = self.step_index, min(ready, self.max_encoder_steps)
             mels = [run(inst.stream_window, self._window(first + i)) for i in range(n)]
             base = first * self.frames_per_step
-            audio = run(inst.encode_chunk, mels[0] if n == 1 else torch.cat(mels, dim=2),
-                        torch.arange(base, base + n * self.frames_per_step))
+            audio = require_finite(run(inst.encode_chunk, mels[0] if n == 1 else torch.cat(mels, dim=2),
+                                       torch.arange(base, base + n * self.frames_per_step)), "audio encoder")
             self.encoder_calls += 1
             for i in range(n):
                 self.step_index += 1
@@ -269,7 +292,7 @@ class StreamingSession(Session):
                     self._token_events(token, first + i, events, mode)
 
     def feed(self, samples: np.ndarray) -> list:
-        samples = self._check_audio(samples)
+        samples = self.check_audio(samples)
         events: list = []
         if len(samples):
             self.client_samples += len(samples)
@@ -287,9 +310,14 @@ class StreamingSession(Session):
         return n
 
     def flush(self) -> list:
-        """Emits what is pending as at the end of audio, then stays usable (the inserted silence stays too)."""
+        """Emits what is pending as at the end of audio, then stays usable (the inserted silence stays too). With no
+        audio since the previous flush (or the start) nothing is pending: the empty segment ends without running the
+        model, so that a flood of flushes costs nothing."""
         if self.finished:
             raise SessionError("flush after the end of the session")
+        if self.client_samples == self.flushed_at:
+            return [self._segment_end(FLUSH, self._audio_end_s())]
+        self.flushed_at = self.client_samples
         events: list = []
         self._pad_out(extra_tokens=1)  # one more token of silence: the look-ahead of the last padded step
         self._run_steps(events, FLUSH)
@@ -298,7 +326,8 @@ class StreamingSession(Session):
             events.append(self._segment_end(FLUSH, self._audio_end_s()))
         return events
 
-    def finish(self) -> list:
+    def finish(self, reason: str = END_OF_AUDIO) -> list:
+        """Decodes what remains and ends the last segment with `reason` (END_OF_AUDIO, or why the audio was cut)."""
         if self.finished:
             return []
         events: list = []
@@ -308,7 +337,7 @@ class StreamingSession(Session):
         self._run_steps(events, END_OF_AUDIO)
         self.finished = True
         if not hit_limit and not self._limit_reached():
-            events.append(self._segment_end(END_OF_AUDIO, self._audio_end_s()))
+            events.append(self._segment_end(reason, self._audio_end_s()))
         return events
 
 
@@ -330,13 +359,12 @@ class OfflineSession(Session):
 
     @property
     def max_segment_samples(self) -> int:
-        reserved = self.spec.meta["n_left_pad_tokens"] + self.right_pad_tokens + 1
-        return (self.max_tokens - reserved) * self.tok
+        return self.spec.max_offline_segment_samples
 
     def feed(self, samples: np.ndarray) -> list:
-        samples = self._check_audio(samples)
+        samples = self.check_audio(samples)
         if self.buffered + len(samples) > self.max_segment_samples:
-            raise SessionError(f"more than {self.max_segment_samples / self.rate:.0f} s of audio in one segment: the "
+            raise SessionLimit(f"more than {self.max_segment_samples / self.rate:.0f} s of audio in one segment: the "
                                f"offline program holds at most {self.max_tokens} tokens; flush more often or use a "
                                f"streaming export")
         self.chunks.append(samples)
@@ -355,7 +383,7 @@ class OfflineSession(Session):
         padded[self.left_pad : self.left_pad + len(audio)] = audio
         run, inst = self.instance.run, self.instance
         mel = run(inst.preprocess, torch.from_numpy(padded))
-        embeds = run(inst.audio_encoder, mel)
+        embeds = require_finite(run(inst.audio_encoder, mel), "audio encoder")
         self.timeline = Timeline(self.left_pad, self.rate)
         self.timeline.client_before[0] = segment_start
         self.timeline.insert_silence(self.left_pad + len(audio), self.client_samples, total - len(audio))
@@ -380,13 +408,53 @@ class OfflineSession(Session):
                 events.append(self._segment_end(FLUSH, self._audio_end_s()))
         return events
 
-    def finish(self) -> list:
+    def finish(self, reason: str = END_OF_AUDIO) -> list:
         if self.finished:
             return []
         events: list = []
         if not self.stopped:
             self._transcribe(events)
             if not self.stopped:
-                events.append(self._segment_end(END_OF_AUDIO, self._audio_end_s()))
+                events.append(self._segment_end(reason, self._audio_end_s()))
         self.finished = True
         return events
+
+
+class HeldAudioSession:
+    """Offline transcription over a streaming program: audio is held until a flush or the end, then streamed through
+    at once (queued steps are encoded many per call). The text is the streaming session's (the model is causal and a
+    session's output does not depend on how its audio was chunked); it all arrives at the flush."""
+
+    def __init__(self, inner: StreamingSession, max_seconds: float):
+        self.inner = inner
+        self.max_samples = int(max_seconds * inner.rate)
+        self.held: list[np.ndarray] = []
+        self.held_samples = 0
+
+    @property
+    def audio_processed_s(self) -> float:
+        return self.inner.audio_processed_s
+
+    @property
+    def encoder_calls(self) -> int:
+        return self.inner.encoder_calls
+
+    def feed(self, samples: np.ndarray) -> list:
+        samples = self.inner.check_audio(samples)
+        if self.held_samples + len(samples) > self.max_samples:
+            raise SessionLimit(f"more than {self.max_samples / self.inner.rate:g} s of audio in one offline segment; "
+                               f"flush more often or use streaming mode")
+        self.held.append(samples)
+        self.held_samples += len(samples)
+        return []
+
+    def _release_held(self) -> list:
+        audio = np.concatenate(self.held) if self.held else np.zeros(0, np.float32)
+        self.held, self.held_samples = [], 0
+        return self.inner.feed(audio)
+
+    def flush(self) -> list:
+        return self._release_held() + self.inner.flush()
+
+    def finish(self, reason: str = END_OF_AUDIO) -> list:
+        return self._release_held() + self.inner.finish(reason)

@@ -30,8 +30,9 @@ class FinalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINAL_REASON_FLUSH: _ClassVar[FinalReason]
     FINAL_REASON_END_OF_AUDIO: _ClassVar[FinalReason]
     FINAL_REASON_MODEL_EOS: _ClassVar[FinalReason]
-    FINAL_REASON_CONTEXT_RESET: _ClassVar[FinalReason]
     FINAL_REASON_MAX_NEW_TOKENS: _ClassVar[FinalReason]
+    FINAL_REASON_SERVER_SHUTDOWN: _ClassVar[FinalReason]
+    FINAL_REASON_SESSION_LIMIT: _ClassVar[FinalReason]
 
 class ProgramKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -50,8 +51,9 @@ FINAL_REASON_UNSPECIFIED: FinalReason
 FINAL_REASON_FLUSH: FinalReason
 FINAL_REASON_END_OF_AUDIO: FinalReason
 FINAL_REASON_MODEL_EOS: FinalReason
-FINAL_REASON_CONTEXT_RESET: FinalReason
 FINAL_REASON_MAX_NEW_TOKENS: FinalReason
+FINAL_REASON_SERVER_SHUTDOWN: FinalReason
+FINAL_REASON_SESSION_LIMIT: FinalReason
 PROGRAM_KIND_UNSPECIFIED: ProgramKind
 PROGRAM_KIND_STREAMING: ProgramKind
 PROGRAM_KIND_OFFLINE: ProgramKind
@@ -85,16 +87,18 @@ class SessionConfig(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., mode: _Optional[_Union[TranscriptionMode, str]] = ..., token_ids: _Optional[bool] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class TranscribeResponse(_message.Message):
-    __slots__ = ("started", "delta", "final", "audio_processed_s")
+    __slots__ = ("started", "delta", "final", "audio_processed_s", "audio_received_s")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     AUDIO_PROCESSED_S_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_RECEIVED_S_FIELD_NUMBER: _ClassVar[int]
     started: SessionStarted
     delta: TextDelta
     final: Final
     audio_processed_s: float
-    def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., delta: _Optional[_Union[TextDelta, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., audio_processed_s: _Optional[float] = ...) -> None: ...
+    audio_received_s: float
+    def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., delta: _Optional[_Union[TextDelta, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., audio_processed_s: _Optional[float] = ..., audio_received_s: _Optional[float] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
     __slots__ = ("session_id",)
@@ -171,7 +175,7 @@ class ModelDescription(_message.Message):
     def __init__(self, model: _Optional[str] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ..., program: _Optional[_Union[ProgramKind, str]] = ..., delay_ms: _Optional[int] = ..., step_ms: _Optional[int] = ..., model_sample_rate_hz: _Optional[int] = ..., min_sample_rate_hz: _Optional[int] = ..., max_sample_rate_hz: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[AudioEncoding, str]]] = ..., vocab_size: _Optional[int] = ..., encoder_window_frames: _Optional[int] = ..., decoder_window_tokens: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_sessions", "active_sessions", "max_message_bytes", "idle_timeout_s", "max_session_audio_s", "max_offline_audio_s", "max_new_tokens", "auth_required")
+    __slots__ = ("max_sessions", "active_sessions", "max_message_bytes", "idle_timeout_s", "max_session_audio_s", "max_offline_audio_s", "max_new_tokens", "auth_required", "max_session_duration_s", "max_flushes", "max_buffered_audio_s")
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +184,9 @@ class ServerLimits(_message.Message):
     MAX_OFFLINE_AUDIO_S_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSION_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_FLUSHES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BUFFERED_AUDIO_S_FIELD_NUMBER: _ClassVar[int]
     max_sessions: int
     active_sessions: int
     max_message_bytes: int
@@ -188,4 +195,7 @@ class ServerLimits(_message.Message):
     max_offline_audio_s: float
     max_new_tokens: int
     auth_required: bool
-    def __init__(self, max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., idle_timeout_s: _Optional[float] = ..., max_session_audio_s: _Optional[float] = ..., max_offline_audio_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., auth_required: _Optional[bool] = ...) -> None: ...
+    max_session_duration_s: float
+    max_flushes: int
+    max_buffered_audio_s: float
+    def __init__(self, max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., idle_timeout_s: _Optional[float] = ..., max_session_audio_s: _Optional[float] = ..., max_offline_audio_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., auth_required: _Optional[bool] = ..., max_session_duration_s: _Optional[float] = ..., max_flushes: _Optional[int] = ..., max_buffered_audio_s: _Optional[float] = ...) -> None: ...
