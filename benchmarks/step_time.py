@@ -266,10 +266,11 @@ def batched_encoder_step(engine, steps: int) -> float:
     return per_call / k
 
 
-def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float) -> tuple[float, float]:
-    """(seconds from session start to its first sampled token, fed the 0.56 s of audio that token waits for at once;
-    seconds of audio per second of compute for `catch_up_s` more audio fed at once), with at most `steps_per_call`
-    encoder steps per call."""
+def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float, prepare: bool = False
+                       ) -> tuple[float, float, float]:
+    """(seconds of `session.prepare()`, the leading silence run before any audio (0 unless `prepare`); seconds from
+    then to the first sampled token, fed the 0.56 s of audio that token waits for at once; seconds of audio per
+    second of compute for `catch_up_s` more audio fed at once), with at most `steps_per_call` encoder steps a call."""
     meta = engine.spec.meta
     instance = engine.instance()
     session = engine.session(instance)
@@ -279,6 +280,10 @@ def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float) -> tuple[
     first = prompt_steps * meta["step_samples"] + meta["stream_lookahead"] - meta["n_left_pad_tokens"] * meta[
         "step_samples"]
     t = time.perf_counter()
+    if prepare:
+        session.prepare()
+    prepared = time.perf_counter() - t
+    t = time.perf_counter()
     session.feed((rng.standard_normal(first) * 0.05).astype(np.float32))
     to_first_token = time.perf_counter() - t
     assert session.sampled == 1, session.sampled
@@ -287,7 +292,7 @@ def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float) -> tuple[
     session.feed(more)
     throughput = catch_up_s / (time.perf_counter() - t)
     engine.release(instance)
-    return to_first_token, throughput
+    return prepared, to_first_token, throughput
 
 
 def cpu_times() -> tuple[float, float, float]:
@@ -303,7 +308,10 @@ def one_run(args, engine) -> dict[str, float]:
     row["session step"], row["in method calls"] = session_step(engine, args.steps)
     row["encoder step, 16 per call"] = batched_encoder_step(engine, args.steps)
     for k in (1, engine.spec.meta["max_encoder_steps"]):
-        row[f"first token, {k} per call"], row[f"catch-up, {k} per call"] = start_and_catch_up(engine, k, args.catch_up_s)
+        _, row[f"first token, {k} per call"], row[f"catch-up, {k} per call"] = start_and_catch_up(
+            engine, k, args.catch_up_s)
+    row["prepare"], row["first token after prepare"], _ = start_and_catch_up(
+        engine, engine.spec.meta["max_encoder_steps"], args.catch_up_s, prepare=True)
     if before is not None:
         after = cpu_times()
         total = after[0] - before[0]
@@ -357,6 +365,9 @@ def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> N
               f"{statistics.median(many) / statistics.median(one):6.2f}x")
     print("  first token: compute from session start to the first sampled token, the 0.56 s of audio it waits for fed "
           f"at once;\n  catch-up: seconds of audio per second of compute for {args.catch_up_s:g} s more fed at once")
+    print(f"live start (session.prepare, {k} per call): the leading silence before the audio "
+          f"{spread(col['prepare'], 1, '.2f')} s, then the first token {spread(col['first token after prepare'], 1, '.2f')}"
+          " s after its audio")
     if eager is not None:
         print(f"eager PyTorch step            {eager * 1e3:.1f} ms   ExecuTorch/eager {whole / eager:.3f}x")
 

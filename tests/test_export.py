@@ -64,10 +64,11 @@ def decoder_inputs(model, n_audio: int = 12, seed: int = 0):
 
 
 def run_decoder(call, embeds: torch.Tensor, prefill: int) -> torch.Tensor:
-    """Prefill `prefill` positions in one call, then one position per call, as the runtime does."""
-    out = [call(embeds[:, :prefill], torch.arange(prefill))]
+    """Prefill `prefill` positions in one call, then one position per call, as the runtime does; the logits of
+    each call's last position (all a program returns), (1, 1 + positions after the prefill, vocab)."""
+    out = [call(embeds[:, :prefill], torch.arange(prefill))[:, -1:]]
     for pos in range(prefill, embeds.shape[1]):
-        out.append(call(embeds[:, pos : pos + 1], torch.tensor([pos])))
+        out.append(call(embeds[:, pos : pos + 1], torch.tensor([pos]))[:, -1:])
     return torch.cat(out, dim=1)
 
 
@@ -208,7 +209,7 @@ def test_preprocessor_matches_the_torch_frontend(bundles, tiny_config, name):
 def test_metadata_and_manifest(bundles, tiny_config):
     bundle = bundles("xnnpack-stream")
     pte = Program(bundle / "model.pte")
-    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 2, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
+    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 3, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
               "sample_rate": 16000, "step_samples": 1280, "chunk_mel_len": 8, "delay_tokens": 6,
               "n_left_pad_tokens": 32, "n_right_pad_tokens": 17, "bos_id": 1, "eos_id": 2, "streaming_pad_id": 32,
               "streaming_word_id": 33, "n_special_tokens": 1000, "log_mel_floor": -6.5, "conv2_pad": 1,

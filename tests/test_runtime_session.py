@@ -34,12 +34,15 @@ def offline_engine(bundles):
     return Engine(BundlePaths.resolve(bundles("xnnpack-offline")))
 
 
-def run_session(engine, audio: np.ndarray, chunks=None, steps_per_call=None, **options):
+def run_session(engine, audio: np.ndarray, chunks=None, steps_per_call=None, prepare=False, **options):
     """Feeds audio in the given chunk sizes (None: all at once); returns (token ids, text, events).
-    `steps_per_call` caps the 80 ms steps one encoder call may take (the program's maximum by default)."""
+    `steps_per_call` caps the 80 ms steps one encoder call may take (the program's maximum by default); `prepare`
+    runs the leading silence before the audio, as a live session does."""
     session = engine.session(token_ids=True, **options)
     if steps_per_call is not None:
         session.max_encoder_steps = steps_per_call
+    if prepare:
+        session.prepare()
     events = []
     if chunks is None:
         events += session.feed(audio)
@@ -70,7 +73,8 @@ def test_offline_and_streaming_tokens_equal_transformers(tiny_dir, tiny_config, 
     expected = hf_ids(tiny_dir, tiny_config, audio)
     assert len(set(expected)) > 3
     offline_ids, offline_text, _ = run_session(offline_engine, audio.numpy())
-    stream_ids, stream_text, _ = run_session(stream_engine, audio.numpy(), chunks=[1280] * (len(audio) // 1280 + 1))
+    stream_ids, stream_text, _ = run_session(stream_engine, audio.numpy(), chunks=[1280] * (len(audio) // 1280 + 1),
+                                             prepare=True)  # as live: the prompt prefilled in two calls
     eos = tiny_config.tokens.eos
     assert [i for i in offline_ids if i != eos] == expected
     assert [i for i in stream_ids if i != eos] == expected
@@ -84,6 +88,9 @@ def test_output_does_not_depend_on_chunking(stream_engine):
     random_sizes = list(rng.integers(1, 5000, size=200))
     for chunks in ([1] * len(audio), [1280] * 38, [16000] * 3, random_sizes):
         assert run_session(stream_engine, audio, chunks=chunks)[:2] == reference
+    # The leading silence run before the audio (prompt rows 0..30 in one decoder call, 31..38 in another).
+    for chunks in ([1280] * 38, None):
+        assert run_session(stream_engine, audio, chunks=chunks, prepare=True)[:2] == reference
 
 
 def test_audio_faster_than_real_time_catches_up_in_fewer_encoder_calls(stream_engine):
@@ -203,4 +210,16 @@ def test_load_errors(bundles, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(stream, other)
     shutil.copyfile(offline / "preprocessor.pte", other / "preprocessor.pte")
-    Engine(BundlePaths.resolve(other))  # preprocessors of the same config are interchangeable
+    with pytest.raises(ProgramError, match="preprocessor.pte does not match its manifest"):
+        Engine(BundlePaths.resolve(other))
+    # Preprocessors of the same config are interchangeable (passed from elsewhere, a file is not hash-checked).
+    Engine(BundlePaths.resolve(other, preprocessor=offline / "preprocessor.pte"))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(stream, damaged)
+    with open(damaged / "model.pte", "r+b") as f:  # one byte in the middle: the program would still load
+        f.seek(damaged.joinpath("model.pte").stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ProgramError, match="model.pte does not match its manifest .*damaged or was replaced"):
+        Engine(BundlePaths.resolve(damaged))

@@ -243,7 +243,8 @@ def test_an_offline_segment_over_the_limit_is_transcribed_up_to_it(limited, engi
     status, details, responses = call(limited.port, [config(mode=pb.TRANSCRIPTION_MODE_OFFLINE), *f32(audio)])
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED and "offline segment" in details, details
     assert finals(responses) == [pb.FINAL_REASON_SESSION_LIMIT]
-    assert text_and_ids(responses) == local(engine, audio[: 12 * 1280])  # the whole messages within 1 s
+    assert text_and_ids(responses) == local(engine, audio[:RATE])  # exactly the first second
+    assert responses[-1].final.end_s == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("fields, message", [

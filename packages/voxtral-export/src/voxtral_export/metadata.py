@@ -13,7 +13,8 @@ from .options import GROUPED, ExportOptions
 from .programs import encoder_block_mel_frames, max_encoder_steps
 
 PTE_FORMAT = "voxtral-realtime"
-PTE_FORMAT_VERSION = 2  # 2: encode_audio_chunk takes 1..max_encoder_steps steps a call
+# 2: encode_audio_chunk takes 1..max_encoder_steps steps a call; 3: text_decoder returns the last position's logits
+PTE_FORMAT_VERSION = 3
 
 
 def audio_metadata(config: VoxtralConfig) -> dict:

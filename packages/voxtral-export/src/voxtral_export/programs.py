@@ -57,14 +57,14 @@ class EncodeAudioChunkMethod(nn.Module):
 
 
 class TextDecoderMethod(nn.Module):
-    """input_embeds (1, S, dim) + cache_position (S,) -> logits (1, S, vocab)."""
+    """input_embeds (1, S, dim) + cache_position (S,) -> logits (1, 1, vocab) of the last position."""
 
     def __init__(self, model: VoxtralRealtime):
         super().__init__()
         self.model = model
 
     def forward(self, input_embeds: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(input_embeds, cache_position).float()
+        return self.model.decode(input_embeds, cache_position, last_only=True).float()
 
 
 class TokenEmbeddingMethod(nn.Module):

@@ -2,7 +2,7 @@
 
 Layer by layer matters for the full model: it is loaded in bf16 (the checkpoint's own precision, so nothing is lost)
 and each layer is upcast to the export dtype and quantized on its own, so the fp32 copy of the whole model never
-exists. Conv layers are never quantized. Linears that no delegate can run correctly are then handed to ExecuTorch's
+exists; the output head and the embedding, the two largest matrices, go a block of rows at a time (row_chunks.py). Conv layers are never quantized. Linears that no delegate can run correctly are then handed to ExecuTorch's
 quantized kernels (kernel_linear.py), keeping torchao's choice of quantized weights.
 """
 
@@ -17,6 +17,7 @@ from voxtral_model.model import VoxtralRealtime
 
 from .kernel_linear import KernelQuantizedLinear, replace_quantized_linears
 from .options import GROUPED, ExportOptions, uses_kernel_linears
+from .row_chunks import quantize_in_row_chunks
 
 
 def linear_config(scheme: str, group_size: int):
@@ -97,16 +98,19 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
     run(list(_encoder_units(model)), options.qlinear_encoder, options.qlinear_encoder_group_size, "encoder")
     run(list(_decoder_units(model)), options.qlinear, options.qlinear_group_size, "decoder")
     head = model.decoder.output
-    head.to(dtype)
     if options.qlinear:
-        quantize_(head, linear_config(options.qlinear, options.qlinear_group_size), filter_fn=_linears_fit(None))
+        quantize_in_row_chunks(head, linear_config(options.qlinear, options.qlinear_group_size), dtype)
         if uses_kernel_linears(options.backend, options.qlinear):
             model.decoder.output = KernelQuantizedLinear.from_torchao(head)
+    else:
+        head.to(dtype)
+    progress("output head")
     embedding = model.decoder.tok_embeddings
-    embedding.to(dtype)
     if options.qembedding:
-        quantize_(embedding, embedding_config(options.qembedding, options.qembedding_group_size),
-                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+        quantize_in_row_chunks(embedding, embedding_config(options.qembedding, options.qembedding_group_size), dtype)
+    else:
+        embedding.to(dtype)
+    progress("embedding")
     _cast_remaining(model, dtype)
     return skipped
 

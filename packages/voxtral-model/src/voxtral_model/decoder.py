@@ -65,7 +65,8 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """input_embeds (1, S, dim) + positions (S,) -> logits (1, S, vocab); keys/values stay in the caches."""
+    """input_embeds (1, S, dim) + positions (S,) -> logits (1, S, vocab), or (1, 1, vocab) of the last position;
+    keys/values stay in the caches."""
 
     def __init__(self, args: DecoderArgs, delay_tokens: int, layout: str, max_seq_len: int,
                  streaming: bool, sliding_window: int | None = None, dtype: torch.dtype = torch.float32):
@@ -100,10 +101,14 @@ class Decoder(nn.Module):
         """Gives the head its own copy of the embedding so each can be quantized its own way."""
         self.output.weight = nn.Parameter(self.tok_embeddings.weight.detach().clone())
 
-    def forward(self, input_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_embeds: torch.Tensor, positions: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """`last_only`: logits of the last position only, (1, 1, vocab): all a sampler needs, and the head is the
+        decoder's largest matrix (131072 x 3072), so a 39-row prefill otherwise spends a third of its time there."""
         x = input_embeds.to(self.norm.weight.dtype)
         cos, sin = rope_cos_sin(positions, self.inv_freq)
         mask = self.caches[0].mask(positions)
         for layer, cache in zip(self.layers, self.caches):
             x = layer(x, self.t_cond, cos, sin, cache, positions, mask)
+        if last_only:
+            x = x[:, -1:]
         return self.output(self.norm(x))

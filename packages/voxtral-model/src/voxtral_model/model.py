@@ -57,9 +57,10 @@ class VoxtralRealtime(nn.Module):
         """(1, S) int64 -> (1, S, dim)."""
         return self.decoder.tok_embeddings(token_ids)
 
-    def decode(self, input_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """(1, S, dim) summed audio + token embeddings at `positions` (S,) -> logits (1, S, vocab)."""
-        return self.decoder(input_embeds, positions)
+    def decode(self, input_embeds: torch.Tensor, positions: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(1, S, dim) summed audio + token embeddings at `positions` (S,) -> logits (1, S, vocab), or (1, 1, vocab)
+        of the last position with `last_only`."""
+        return self.decoder(input_embeds, positions, last_only)
 
     def streaming_encoder(self) -> StreamingEncoder:
         """A stateful 80 ms encoder step sharing this model's weights (its caches are its own)."""

@@ -16,9 +16,10 @@ WARMUP_SECONDS = 0.8  # enough audio for the prompt prefill and a few single-tok
 
 
 class Engine:
-    def __init__(self, paths: BundlePaths, share_weights: bool = True):
-        """`share_weights`: sessions share one copy of XNNPACK's packed weights (programs.share_packed_weights)."""
-        self.spec: ModelSpec = load_spec(paths, share_weights)
+    def __init__(self, paths: BundlePaths, share_weights: bool = True, verify: bool = True):
+        """`share_weights`: sessions share one copy of XNNPACK's packed weights (programs.share_packed_weights);
+        `verify`: the files are checked against their manifest's hashes (programs.verify_files)."""
+        self.spec: ModelSpec = load_spec(paths, share_weights, verify)
         first = ModelInstance(self.spec)
         prompt = torch.tensor([self.spec.prompt_ids], dtype=torch.int64)
         # The prompt's token embeddings are the same for every session: computed once.

@@ -42,12 +42,29 @@ DEFAULT_GRACE_S = 30.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+class OneLineParseErrors(logging.Filter):
+    """gRPC logs a full traceback for every request message it cannot parse. Those are a client's bad bytes, not a
+    server fault (the call is refused with INTERNAL by gRPC itself): one line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Exception deserializing"):
+            record.msg, record.args = "refused a request message that does not parse (a client's bad bytes)", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+PARSE_ERRORS = OneLineParseErrors()
+
+
 class Server:
     """Loads and warms the model, then serves; `stop(grace)` drains sessions in flight."""
 
     def __init__(self, paths: BundlePaths, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 options: ServerOptions = ServerOptions(), tls: tuple[bytes, bytes] | None = None):
+                 options: ServerOptions = ServerOptions(), tls: tuple[bytes, bytes] | None = None,
+                 verify: bool = True):
         self.shutdown = threading.Event()
+        logging.getLogger("grpc._common").addFilter(PARSE_ERRORS)  # adding the same filter twice is a no-op
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2 * options.max_sessions + 8),
             options=[("grpc.max_receive_message_length", options.max_message_bytes),
@@ -68,7 +85,7 @@ class Server:
         pb_grpc.add_RealtimeServicer_to_server(self.servicer, self.grpc)
         self.grpc.start()  # health answers NOT_SERVING while the model loads
         try:
-            self.engine = Engine(paths)
+            self.engine = Engine(paths, verify=verify)
             pool = InstancePool(self.engine, options.max_sessions)
             first = self.engine.instance()
             self.engine.warm_up(first)
@@ -131,6 +148,8 @@ def add_arguments(p) -> None:
     p.add_argument("--token", help="require 'authorization: Bearer <token>' on every call (or set "
                                    "VOXTRAL_TOKEN)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving (for scripts)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the bundle's files against its manifest's sha256 (about 1.5 s for 2.5 GB)")
 
 
 def run(args) -> int:
@@ -157,7 +176,7 @@ def run(args) -> int:
         paths = BundlePaths.resolve(args.bundle, args.model_path, args.preprocessor_path, args.tokenizer_path)
         tls = (args.tls_key.read_bytes(), args.tls_cert.read_bytes()) if args.tls_cert else None
         started = time.monotonic()
-        server = Server(paths, args.host, args.port, options, tls)
+        server = Server(paths, args.host, args.port, options, tls, verify=not args.no_verify)
     except (ProgramError, OSError) as e:
         print(f"voxtral-runtime serve: error: {e}", file=sys.stderr)
         return 2

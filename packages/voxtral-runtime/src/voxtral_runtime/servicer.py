@@ -300,6 +300,7 @@ class SessionCall:
 
     def run(self):
         self.pending: list = []
+        self.session.prepare()  # the leading silence, while the client's first audio is on its way
         try:
             while True:
                 request = self._next()

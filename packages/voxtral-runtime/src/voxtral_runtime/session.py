@@ -96,7 +96,10 @@ class Timeline:
 
 
 class TokenLoop:
-    """Decoder side of a session: prompt prefill, then one sampled token per audio embedding."""
+    """Decoder side of a session: prompt prefill, then one sampled token per audio embedding.
+
+    The prompt's rows are collected until the last one, which is sampled; `prefill_pending` runs the rows collected
+    so far early (a live session runs those of the leading silence before its first audio arrives)."""
 
     def __init__(self, instance: ModelInstance, prompt_embeds: torch.Tensor, sampler: Sampler):
         self.instance, self.sampler = instance, sampler
@@ -113,6 +116,19 @@ class TokenLoop:
     def reset(self) -> None:
         self.position, self.pending, self.next_input = 0, [], self.pad
 
+    def prefill_pending(self) -> None:
+        """Runs the prompt rows collected so far through the decoder; their logits are not sampled."""
+        if self.pending:
+            self._prefill(self.pending)
+
+    def _prefill(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        start = self.position - len(rows)
+        audio = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
+        self.pending = []
+        logits = self.instance.run(self.instance.text_decoder, audio + self.prompt_embeds[:, start : self.position],
+                                   torch.arange(start, self.position))
+        return require_finite(logits[0, -1], "text decoder")
+
     def step(self, audio_embed: torch.Tensor) -> int | None:
         """audio_embed (1, 1, dim) for the next position -> the sampled token, or None while the prompt fills."""
         run = self.instance.run
@@ -122,15 +138,13 @@ class TokenLoop:
             self.pending.append(audio_embed)
             return None
         if position == self.prompt_len - 1:
-            audio = torch.cat([*self.pending, audio_embed], dim=1)
-            self.pending = []
-            logits = run(self.instance.text_decoder, audio + self.prompt_embeds, torch.arange(self.prompt_len))
+            last = self._prefill([*self.pending, audio_embed])
         else:
             self.token_tensor[0, 0] = self.next_input
             self.position_tensor[0] = position
             embed = audio_embed + run(self.instance.token_embedding, self.token_tensor)
-            logits = run(self.instance.text_decoder, embed, self.position_tensor)
-        token = self.sampler(require_finite(logits[0, -1], "text decoder"))
+            last = require_finite(run(self.instance.text_decoder, embed, self.position_tensor)[0, -1], "text decoder")
+        token = self.sampler(last)
         self.next_input = self.pad if token == self.eos else token
         return token
 
@@ -211,6 +225,9 @@ class Session:
     def audio_processed_s(self) -> float:
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Work that needs no client audio, done before the first audio arrives (see StreamingSession)."""
+
     def check_audio(self, samples: np.ndarray) -> np.ndarray:
         if self.finished:
             raise SessionError("audio after the end of the session")
@@ -243,6 +260,14 @@ class StreamingSession(Session):
     @property
     def audio_processed_s(self) -> float:
         return min(self.timeline.seconds(self.step_index * self.tok), self._audio_end_s())
+
+    def prepare(self) -> None:
+        """Runs what needs no client audio, so that a live session's first audio waits only for the rest: the
+        encoder over the leading silence (31 of its 32 steps: the last one's look-ahead reaches into the audio; 16
+        per encoder call) and the decoder over the prompt rows paired with them. Call it before the first audio."""
+        if self.client_samples == 0 and self.step_index == 0:
+            self._run_steps([])
+            self.loop.prefill_pending()
 
     def _append(self, samples: np.ndarray) -> None:
         keep_from = self.step_index * self.tok - self.left_context  # oldest sample a future step needs
@@ -363,13 +388,15 @@ class OfflineSession(Session):
 
     def feed(self, samples: np.ndarray) -> list:
         samples = self.check_audio(samples)
-        if self.buffered + len(samples) > self.max_segment_samples:
+        room = self.max_segment_samples - self.buffered
+        fits = samples[:room]  # what fits is kept, so that a finish after the error transcribes up to the limit
+        self.chunks.append(fits)
+        self.buffered += len(fits)
+        self.client_samples += len(fits)
+        if len(samples) > room:
             raise SessionLimit(f"more than {self.max_segment_samples / self.rate:.0f} s of audio in one segment: the "
                                f"offline program holds at most {self.max_tokens} tokens; flush more often or use a "
                                f"streaming export")
-        self.chunks.append(samples)
-        self.buffered += len(samples)
-        self.client_samples += len(samples)
         return []
 
     def _transcribe(self, events: list) -> None:
@@ -439,13 +466,17 @@ class HeldAudioSession:
     def encoder_calls(self) -> int:
         return self.inner.encoder_calls
 
+    def prepare(self) -> None:
+        self.inner.prepare()
+
     def feed(self, samples: np.ndarray) -> list:
         samples = self.inner.check_audio(samples)
-        if self.held_samples + len(samples) > self.max_samples:
+        room = self.max_samples - self.held_samples
+        self.held.append(samples[:room])  # what fits is kept: a finish after the error transcribes up to the limit
+        self.held_samples += len(self.held[-1])
+        if len(samples) > room:
             raise SessionLimit(f"more than {self.max_samples / self.inner.rate:g} s of audio in one offline segment; "
                                f"flush more often or use streaming mode")
-        self.held.append(samples)
-        self.held_samples += len(samples)
         return []
 
     def _release_held(self) -> list:

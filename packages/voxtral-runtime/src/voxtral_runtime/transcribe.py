@@ -76,6 +76,7 @@ def transcribe_stdin(engine: Engine, printer: Printer, chunk_ms: float, stdin=No
     """Raw float32 mono samples at the model's rate on stdin (e.g. from ffmpeg); Ctrl+C or EOF ends."""
     stdin = stdin or sys.stdin.buffer
     session = engine.session(streaming=True, **session_options)
+    session.prepare()
     meta = engine.spec.meta
     chunk_bytes = 4 * max(1, int(meta["sample_rate"] * chunk_ms / 1000))
     # read1 returns what has arrived, up to this: audio that piled up while the model was behind is fed at once, so
