@@ -253,6 +253,7 @@ def test_live_printer():
         ([], "one of the arguments --mic --file --describe --list-devices is required"),
         (["--mic", "--file", "x.wav"], "not allowed with argument"),
         (["--describe", "--ca-cert", "ca.pem"], "--ca-cert needs --tls"),
+        (["--describe", "--server", "localhost:99999"], "the port must be 1..65535"),
         (["--mic", "--fast"], "--fast applies to --file only"),
         (["--file", "x.wav", "--device", "1"], "--device applies to --mic only"),
         (["--file", "x.wav", "--token-ids"], "--token-ids needs --json"),

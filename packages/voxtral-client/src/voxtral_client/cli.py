@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    port = args.server.rpartition(":")[2]
+    if port.isdigit() and not 0 < int(port) < 65536:  # gRPC would silently take the port modulo 65536
+        parser.error(f"--server {args.server}: the port must be 1..65535")
     if args.ca_cert and not args.tls:
         parser.error("--ca-cert needs --tls")
     if args.fast and not args.file:
