@@ -96,6 +96,8 @@ def test_describe(address):
         d = client.describe()
     assert d.program == pb.PROGRAM_KIND_STREAMING and d.delay_ms == 480 and d.step_ms == 80
     assert d.limits.max_sessions == 5 and d.limits.max_message_bytes == MAX_MESSAGE
+    assert d.model.startswith("tiny")  # the checkpoint directory the bundle came from, not the bundle's name
+    assert d.max_seq_len == 0 and d.decoder_window_tokens > 0  # a streaming program: unbounded sessions
 
 
 def test_file_through_the_server_equals_local_transcription(address, engine, bundle, tmp_path):
