@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 from voxtral_runtime.programs import BundlePaths
 from voxtral_runtime.limits import ServerOptions
 from voxtral_runtime.server import Server
@@ -48,3 +50,20 @@ class ServerProcess:
             self.proc.kill()
         self.proc.wait()
         self.log.close()
+
+
+def transcribe(address: str, requests, timeout: float = 60):
+    """One Transcribe call on its own channel, run to its end: (status code, details, responses received)."""
+    with grpc.insecure_channel(address) as channel:
+        got = []
+        try:
+            for r in pb_grpc.RealtimeStub(channel).Transcribe(iter(requests), timeout=timeout):
+                got.append(r)
+            return grpc.StatusCode.OK, "", got
+        except grpc.RpcError as e:
+            return e.code(), e.details() or "", got
+
+
+def finals(responses) -> list[int]:
+    """The reasons of the Finals among `responses`, in order."""
+    return [r.final.reason for r in responses if r.WhichOneof("event") == "final"]

@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from servers import start_in_process
+from servers import finals, start_in_process, transcribe
 from signals import speechlike
 from voxtral_client.proto import realtime_pb2 as pb
-from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 RATE = 16000
@@ -41,18 +40,7 @@ def audio(seconds: float, seed: int) -> list[pb.TranscribeRequest]:
 
 
 def call(port: int, requests):
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        got = []
-        try:
-            for r in pb_grpc.RealtimeStub(channel).Transcribe(iter(requests), timeout=60):
-                got.append(r)
-            return grpc.StatusCode.OK, "", got
-        except grpc.RpcError as e:
-            return e.code(), e.details() or "", got
-
-
-def finals(responses) -> list[int]:
-    return [r.final.reason for r in responses if r.WhichOneof("event") == "final"]
+    return transcribe(f"127.0.0.1:{port}", requests)
 
 
 @pytest.fixture(scope="module")

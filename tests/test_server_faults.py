@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from servers import ServerProcess
+from servers import transcribe as call
 from signals import speechlike
 from voxtral_client.proto import realtime_pb2 as pb
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
@@ -46,18 +47,6 @@ def config(encoding=pb.AUDIO_ENCODING_PCM16LE) -> pb.TranscribeRequest:
 
 def chunks(data: bytes, size: int = 2560):
     return [pb.TranscribeRequest(audio=data[i : i + size]) for i in range(0, len(data), size)]
-
-
-def call(address: str, requests, timeout: float = 60):
-    """(status, details, responses) of one Transcribe call on its own channel."""
-    with grpc.insecure_channel(address) as channel:
-        got = []
-        try:
-            for r in pb_grpc.RealtimeStub(channel).Transcribe(iter(requests), timeout=timeout):
-                got.append(r)
-            return grpc.StatusCode.OK, "", got
-        except grpc.RpcError as e:
-            return e.code(), e.details() or "", got
 
 
 def text(responses) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from servers import ServerProcess, start_in_process
+from servers import ServerProcess, finals, start_in_process, transcribe
 from signals import speechlike
 from voxtral_client.client import RealtimeClient
 from voxtral_client.proto import realtime_pb2 as pb
@@ -53,24 +53,12 @@ def config(encoding=pb.AUDIO_ENCODING_F32LE, **fields) -> pb.TranscribeRequest:
 
 
 def call(port: int, requests, timeout=60):
-    """(status, details, responses) of one Transcribe call."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        responses = []
-        try:
-            for r in pb_grpc.RealtimeStub(channel).Transcribe(iter(requests), timeout=timeout):
-                responses.append(r)
-            return grpc.StatusCode.OK, "", responses
-        except grpc.RpcError as e:
-            return e.code(), e.details(), responses
+    return transcribe(f"127.0.0.1:{port}", requests, timeout)
 
 
 def text_and_ids(responses) -> tuple[str, list[int]]:
     deltas = [r.delta for r in responses if r.WhichOneof("event") == "delta"]
     return "".join(d.text for d in deltas), [i for d in deltas for i in d.token_ids]
-
-
-def finals(responses) -> list[int]:
-    return [r.final.reason for r in responses if r.WhichOneof("event") == "final"]
 
 
 def local(engine, audio: np.ndarray, cut: bool = False) -> tuple[str, list[int]]:

@@ -167,16 +167,26 @@ def share_packed_weights(enabled: bool) -> bool:
     return enabled
 
 
+def read_manifest(directory: Path) -> dict:
+    """The bundle's manifest.json ({} when there is none: the files were passed from elsewhere)."""
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise ProgramError(f"{manifest}: unreadable manifest ({e}); re-export the bundle") from e
+    if not isinstance(data, dict):
+        raise ProgramError(f"{manifest}: not a voxtral-export manifest; re-export the bundle")
+    return data
+
+
 def verify_files(paths: BundlePaths) -> None:
     """Checks each file that sits in a bundle directory against the sha256 its manifest recorded at export: a
     model.pte corrupted in the middle still loads, and transcribes garbage. Files passed from elsewhere, and bundles
     without hashes (exported before they were recorded), are not checked. About 1.5 s for a 2.5 GB model.pte."""
     for path in (paths.model, paths.preprocessor, paths.tokenizer):
-        manifest = path.parent / MANIFEST_FILE
-        try:
-            expected = json.loads(manifest.read_text()).get("sha256", {}).get(path.name) if manifest.is_file() else None
-        except (OSError, ValueError, AttributeError) as e:
-            raise ProgramError(f"{manifest}: unreadable manifest ({e}); re-export the bundle") from e
+        expected = read_manifest(path.parent).get("sha256", {}).get(path.name)
         if expected is None:
             continue
         with open(path, "rb") as f:
@@ -222,10 +232,9 @@ def load_spec(paths: BundlePaths, share_weights: bool = True, verify: bool = Tru
 
 def _model_name(paths: BundlePaths) -> str:
     """The checkpoint's directory name (e.g. Voxtral-Mini-4B-Realtime-2602) from the manifest, else the bundle's."""
-    manifest = paths.model.parent / MANIFEST_FILE
     try:
-        source = json.loads(manifest.read_text()).get("source", "")
-    except (OSError, ValueError, AttributeError):
+        source = read_manifest(paths.model.parent).get("source", "")
+    except ProgramError:  # only a name: an unreadable manifest is verify_files' concern
         source = ""
     return Path(source).name if source else paths.model.parent.name
 
