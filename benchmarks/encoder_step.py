@@ -75,7 +75,9 @@ def profile(path: Path, n_mels: int, calls: int) -> dict[str, float]:
     """Seconds per step (whole call, linears, attention) with 1 and with 16 steps per call, from ETDump."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     from executorch.extension.pybindings import portable_lib
+    from voxtral_runtime import kernels
 
+    kernels.load()
     result = {}
     for k in (1, STEPS_PER_CALL):
         module = portable_lib._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
@@ -86,7 +88,7 @@ def profile(path: Path, n_mels: int, calls: int) -> dict[str, float]:
             module.write_etdump_result_to_file(f"{tmp}/e.etdp")
             events = _event_means(Path(f"{tmp}/e.etdp"), calls)
         for part, pattern in (("step", r"^Method::execute$"), ("linears", r"^Fully Connected"),
-                              ("attention", r"^llama::(custom_sdpa|update_cache)")):
+                              ("attention", r"^(llama::(custom_sdpa|update_cache)|voxtral::ring_attention)")):
             result[f"{part}, {k} per call"] = _sum(events, pattern) / k
     return result
 

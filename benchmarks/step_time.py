@@ -134,6 +134,9 @@ def profile_parts(model: Path, steps: int) -> dict[str, float]:
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     from executorch.extension.pybindings import portable_lib
     from executorch.kernels import quantized  # noqa: F401
+    from voxtral_runtime import kernels
+
+    kernels.load()
 
     def load():
         return portable_lib._load_for_executorch(str(model), enable_etdump=True, debug_buffer_size=0)
@@ -153,7 +156,7 @@ def profile_parts(model: Path, steps: int) -> dict[str, float]:
         decoder.write_etdump_result_to_file(f"{tmp}/decoder.etdp")
         enc = _event_means(Path(f"{tmp}/encoder.etdp"), steps)
         dec = _event_means(Path(f"{tmp}/decoder.etdp"), steps)
-    linears, attention = r"^Fully Connected", r"^llama::(custom_sdpa|update_cache)"
+    linears, attention = r"^Fully Connected", r"^(llama::(custom_sdpa|update_cache)|voxtral::ring_attention)"
     head = [ms for name, ms in dec if re.search(linears, name)][-1] / 1e3  # the last linear of the decoder
     return {
         "encoder linears": _sum(enc, linears),

@@ -11,7 +11,9 @@ def load_program(path: Path):
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (llama op kernels)
     from executorch.kernels import quantized  # noqa: F401  (quantized embedding kernels)
     from executorch.runtime import Runtime
+    from voxtral_runtime import kernels
 
+    kernels.load()  # voxtral::ring_attention, which streaming programs call
     return Runtime.get().load_program(str(path))
 
 

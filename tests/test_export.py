@@ -209,7 +209,8 @@ def test_preprocessor_matches_the_torch_frontend(bundles, tiny_config, name):
 def test_metadata_and_manifest(bundles, tiny_config):
     bundle = bundles("xnnpack-stream")
     pte = Program(bundle / "model.pte")
-    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 3, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
+    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 4, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
+              "runtime_operators": "voxtral::ring_attention.out",
               "sample_rate": 16000, "step_samples": 1280, "chunk_mel_len": 8, "delay_tokens": 6,
               "n_left_pad_tokens": 32, "n_right_pad_tokens": 17, "bos_id": 1, "eos_id": 2, "streaming_pad_id": 32,
               "streaming_word_id": 33, "n_special_tokens": 1000, "log_mel_floor": -6.5, "conv2_pad": 1,
@@ -225,4 +226,5 @@ def test_metadata_and_manifest(bundles, tiny_config):
     assert not list(bundle.parent.glob(".*partial*"))
     quant = Program(bundles("xnnpack-offline-qa") / "model.pte")
     assert quant.constant("quantization") == "encoder=8da8w/channel decoder=8da4w/32 embedding=8w"
+    assert quant.constant("runtime_operators") == ""  # offline programs use ExecuTorch's kernels only
     assert "audio_encoder" in quant.program.method_names

@@ -8,13 +8,15 @@ from __future__ import annotations
 from voxtral_model.config import VoxtralConfig
 from voxtral_model.encoder import CONV1_LEFT_PAD, CONV2_LEFT_PAD
 from voxtral_model.mel import LOG_MEL_RANGE, stream_window_left_context, stream_window_samples
+from voxtral_model.ring_attention import RING_ATTENTION_OUT
 
 from .options import GROUPED, ExportOptions
 from .programs import encoder_block_mel_frames, max_encoder_steps
 
 PTE_FORMAT = "voxtral-realtime"
-# 2: encode_audio_chunk takes 1..max_encoder_steps steps a call; 3: text_decoder returns the last position's logits
-PTE_FORMAT_VERSION = 3
+# 2: encode_audio_chunk takes 1..max_encoder_steps steps a call; 3: text_decoder returns the last position's logits;
+# 4: streaming CPU programs call voxtral::ring_attention, a kernel the runtime provides (runtime_operators)
+PTE_FORMAT_VERSION = 4
 
 
 def audio_metadata(config: VoxtralConfig) -> dict:
@@ -46,6 +48,7 @@ def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: 
         **audio_metadata(config),
         "program": "model",
         "streaming": options.streaming,
+        "runtime_operators": runtime_operators(options),
         "backend": options.backend,
         "dtype": options.dtype,
         "quantization": _quantization_label(options),
@@ -70,6 +73,12 @@ def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: 
         "streaming_word_id": tokens.streaming_word,
         "n_special_tokens": tokens.n_special,
     }
+
+
+def runtime_operators(options: ExportOptions) -> str:
+    """Operators of ours the program calls, whose kernels the runtime must register (comma-separated): the ring
+    caches of streaming programs with the custom attention layout use voxtral::ring_attention."""
+    return RING_ATTENTION_OUT if options.streaming and options.layout == "custom" else ""
 
 
 def preprocessor_metadata(config: VoxtralConfig, max_audio_tokens: int) -> dict:

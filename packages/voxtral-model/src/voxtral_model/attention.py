@@ -1,9 +1,10 @@
 """KV caches and attention, swappable per backend.
 
 Two layouts:
-- "custom" (XNNPACK, portable): caches are [1, slots, heads, head_dim] and updated and read by ExecuTorch's
-  `torch.ops.llama.update_cache[_with_indices]` and `torch.ops.llama.custom_sdpa` (fused, GQA-aware kernels; the ops
-  must be registered by importing `executorch.extension.llm.custom_ops.custom_ops`).
+- "custom" (XNNPACK, portable): caches are [1, slots, heads, head_dim], updated by ExecuTorch's
+  `torch.ops.llama.update_cache[_with_indices]` and read by `voxtral::ring_attention` (ring caches) or
+  `torch.ops.llama.custom_sdpa` (flat caches; the llama ops must be registered by importing
+  `executorch.extension.llm.custom_ops.custom_ops`).
 - "standard" (Metal, and any plain PyTorch use): caches are [1, heads, slots, head_dim], updated with `index_copy_`
   and read with `F.scaled_dot_product_attention`; masks are additive, finite and in the model dtype.
 
@@ -16,10 +17,11 @@ Two geometries:
   the newest position alone (no stored state), so a stream is unbounded and a new stream starting at position 0
   needs no reset: stale slots come out negative, masked.
 
-GQA with the custom layout and a mask: ExecuTorch's `custom_sdpa` runs one query head at a time, re-reading its KV
-head's whole cache for each of the query heads that share it. The queries of a KV head's group are therefore folded
-into the sequence dimension (n_rep x S rows against n_kv_heads heads): each cache is read once per call, which is
-what bounds a streaming decoder step (4x less cache traffic for Voxtral's 32 query / 8 KV heads).
+Ring caches with the custom layout are read by `voxtral::ring_attention` (ring_attention.py): one operator whose
+runtime kernel streams each KV head's slots once for all the query rows that use them, which is what bounds a
+streaming step. Flat caches with a window (offline decoders longer than the window) use `custom_sdpa` with each KV
+head's query heads folded into the rows (n_rep x S rows against n_kv_heads heads), so each cache is read once per
+call rather than once per query head.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .ring_attention import ring_attention
 
 LAYOUTS = ("custom", "standard")
 STANDARD_MASK_VALUE = -1e9  # finite: -inf produced NaNs in Metal's attention
@@ -127,6 +131,9 @@ class KVCache(nn.Module):
                 torch.ops.llama.update_cache(v, self.v_cache, start_pos)
             if mask is None:
                 y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start_pos, None, 0.0, True)
+                return y.reshape(bsz, seq_len, n_heads * head_dim)
+            if self.ring:
+                y = ring_attention(q, self.k_cache, self.v_cache, mask)
                 return y.reshape(bsz, seq_len, n_heads * head_dim)
             return self._grouped_sdpa(q, mask, start_pos)
         slots = torch.remainder(positions, self.n_slots) if self.ring else positions

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import kernels
 from .tokenizer import Tekken, TokenizerError
 from .xnnpack_weights import BackendOptionError, set_weight_sharing
 
@@ -24,7 +25,7 @@ TOKENIZER_FILE = "tekken.json"
 MANIFEST_FILE = "manifest.json"
 PTE_FORMAT = "voxtral-realtime"
 # 2 returns logits for every row of a text_decoder call, 3 for the last only; the runtime reads the last row.
-SUPPORTED_FORMAT_VERSIONS = (2, 3)
+SUPPORTED_FORMAT_VERSIONS = (2, 3, 4)
 
 AUDIO_ENCODER = "audio_encoder"
 ENCODE_AUDIO_CHUNK = "encode_audio_chunk"
@@ -49,6 +50,21 @@ def _register_kernels() -> None:
     """Kernels for ExecuTorch's llama custom ops and quantized embeddings must be registered before loading."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     from executorch.kernels import quantized  # noqa: F401
+
+
+def _register_runtime_operators(path: Path, operators: str) -> None:
+    """Compiles (once per machine) and registers the kernels of our own operators that the program calls."""
+    wanted = [name for name in operators.split(",") if name]
+    if not wanted:
+        return
+    missing = [name for name in wanted if name not in kernels.OPERATORS]
+    if missing:
+        raise ProgramError(f"{path} calls {', '.join(missing)}, which this runtime does not provide; upgrade "
+                           f"voxtral-runtime or re-export with this version's voxtral-export")
+    try:
+        kernels.load()
+    except kernels.KernelBuildError as e:
+        raise ProgramError(f"{path} needs the runtime's own kernels: {e}") from e
 
 
 def _load(path: Path):
@@ -204,6 +220,7 @@ def load_spec(paths: BundlePaths, share_weights: bool = True, verify: bool = Tru
         verify_files(paths)
     model = _load(paths.model)
     meta = read_constants(model, paths.model)  # loads only the metadata methods: no delegate yet
+    _register_runtime_operators(paths.model, meta.get("runtime_operators", ""))
     if meta.get("program") != "model":
         raise ProgramError(f"{paths.model}: this is the {meta.get('program')} program, not model.pte")
     shares_weights = meta.get("backend") == "xnnpack" and share_packed_weights(share_weights)

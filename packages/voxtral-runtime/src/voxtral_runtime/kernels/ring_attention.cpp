@@ -1,0 +1,423 @@
+// voxtral::ring_attention.out: attention of a call's query rows over a ring KV cache, each cache byte read once.
+//
+// Streaming programs attend 1..64 query positions over ring caches of up to a few thousand slots, and a live step
+// is bound by reading those caches. ExecuTorch's llama.custom_sdpa runs a BLAS gemm per query head and 512-slot
+// block, which packs each K and V block before using it. This kernel reads every KV head's slots once for all the
+// query rows that use them (the query heads of its GQA group at every position of the call), with an online
+// softmax, so what it moves is the cache itself.
+//
+// Contract (docs/pte.md, "Custom operator"): q [1, S, H, D], k_cache and v_cache [1, N, Hkv, D], mask [S, N]
+// additive (0 visible, -inf hidden), all float32 and contiguous; H a multiple of Hkv (query head h reads KV head
+// h / (H / Hkv)); D a multiple of 8, at most 256; scale 1/sqrt(D). out [1, S, H, D]. A row that sees no slot gets
+// zeros (the programs never ask for one: a query always sees its own key).
+//
+// Work split: a live step has few rows, so each work item takes a contiguous range of slots for every row and the
+// items' partial softmaxes are merged (a thread then streams through memory in order; reading one KV head's slots,
+// a KV stride apart, touches a new page per slot). Many rows (a prefill, queued steps) make the work arithmetic:
+// then an item is one KV head and a tile of its rows over all slots.
+
+#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/runtime/kernel/kernel_includes.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace voxtral {
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::runtime::Error;
+using executorch::runtime::KernelRuntimeContext;
+
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+
+constexpr int kLanes = 8;
+constexpr int kBlockSlots = 32;     // slots per online-softmax block (its keys and values stay in L2 between passes)
+constexpr int kMaxItemRows = 256;   // rows one work item carries (scores: kMaxItemRows x kBlockSlots floats)
+constexpr int kTileRows = 16;       // rows per item when the rows are split by KV head
+constexpr int kMaxHeadDim = 256;
+constexpr int kValueSlots = 4;      // slots per pass of the values loop
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+// Unaligned 8-float loads and stores (the cache rows are only float-aligned).
+typedef float f32x8_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+
+inline f32x8 load8(const float* p) { return *reinterpret_cast<const f32x8_unaligned*>(p); }
+
+inline void store8(float* p, f32x8 v) { *reinterpret_cast<f32x8_unaligned*>(p) = v; }
+
+inline f32x8 splat(float x) { return f32x8{x, x, x, x, x, x, x, x}; }
+
+inline float sum8(f32x8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+// exp(x) for the softmax's shifted scores (x <= 0), Cephes' single-precision polynomial: relative error about 2e-7;
+// exactly 0 below -87 and for -inf (hidden slots).
+inline f32x8 exp8(f32x8 x) {
+  const f32x8 visible = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  const f32x8 fx = x * splat(1.44269504088896341f) + splat(0.5f);
+  f32x8 n = __builtin_convertvector(__builtin_convertvector(fx, i32x8), f32x8);
+  n = n > fx ? n - splat(1.0f) : n;  // floor: the conversion truncates towards zero
+  x = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  f32x8 y = splat(1.9875691500e-4f);
+  y = y * x + splat(1.3981999507e-3f);
+  y = y * x + splat(8.3334519073e-3f);
+  y = y * x + splat(4.1665795894e-2f);
+  y = y * x + splat(1.6666665459e-1f);
+  y = y * x + splat(5.0000001201e-1f);
+  y = y * x * x + x + splat(1.0f);
+  const i32x8 bits = (__builtin_convertvector(n, i32x8) + 127) << 23;
+  f32x8 two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return y * two_n * visible;
+}
+
+struct Shapes {
+  int64_t seq, heads, kv_heads, head_dim, slots, rep;
+};
+
+// A query row: its vector, its mask row, the offset of its KV head within a slot.
+struct Row {
+  const float* q;
+  const float* mask;
+  int64_t kv;
+};
+
+// The eight lane sums of x[0..7], as one vector: a transposing add tree (21 operations instead of 8 horizontal sums).
+inline f32x8 sum8x8(const f32x8* x) {
+  f32x8 u[4], w[2];
+  for (int k = 0; k < 4; ++k) {
+    u[k] = __builtin_shufflevector(x[2 * k], x[2 * k + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(x[2 * k], x[2 * k + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  for (int m = 0; m < 2; ++m) {
+    w[m] = __builtin_shufflevector(u[2 * m], u[2 * m + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(u[2 * m], u[2 * m + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  return __builtin_shufflevector(w[0], w[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(w[0], w[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// Scores of R rows sharing one KV head (R = 1, 2 or 4) against 8 / R consecutive slots from t: 8 accumulators, one
+// add tree. keys points at slot t's key of that head.
+template <int R>
+inline void score_rows(const Row* rows, const float* keys, int64_t kv_stride, int chunks, float scale,
+                       float (*p)[kBlockSlots], int t) {
+  constexpr int T = 8 / R;
+  f32x8 a[8];
+  for (int x = 0; x < 8; ++x) a[x] = splat(0.0f);
+  for (int c = 0; c < chunks; ++c) {
+    f32x8 kk[T];
+    for (int j = 0; j < T; ++j) kk[j] = load8(keys + j * kv_stride + c * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const f32x8 qq = load8(rows[r].q + c * kLanes);
+      for (int j = 0; j < T; ++j) a[r * T + j] += qq * kk[j];
+    }
+  }
+  const f32x8 sums = sum8x8(a) * splat(scale);
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < T; ++j) p[r][t + j] = sums[r * T + j];
+  }
+}
+
+// One row against one slot (the tails).
+inline float score_one(const float* q, const float* key, int chunks) {
+  f32x8 a = splat(0.0f);
+  for (int c = 0; c < chunks; ++c) a += load8(q + c * kLanes) * load8(key + c * kLanes);
+  return sum8(a);
+}
+
+// acc[r] += sum_t p[r][t0 + t] v[t] over nt (<= kValueSlots) slots, for `R` rows sharing one KV head: 16 lanes of
+// head_dim at a time in registers. Few slots per pass keep their rows (a KV stride apart, so in one L1 set) cached.
+template <int R>
+inline void weigh_values(const float* values, int64_t kv_stride, int t0, int nt, int chunks,
+                         const float (*p)[kBlockSlots], float* const* acc) {
+  int c = 0;
+  for (; c + 2 <= chunks; c += 2) {
+    f32x8 lo[R], hi[R];
+    for (int r = 0; r < R; ++r) {
+      lo[r] = load8(acc[r] + c * kLanes);
+      hi[r] = load8(acc[r] + (c + 1) * kLanes);
+    }
+    for (int t = 0; t < nt; ++t) {
+      const float* value = values + t * kv_stride + c * kLanes;
+      const f32x8 v0 = load8(value), v1 = load8(value + kLanes);
+      for (int r = 0; r < R; ++r) {
+        const f32x8 w = splat(p[r][t0 + t]);
+        lo[r] += w * v0;
+        hi[r] += w * v1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store8(acc[r] + c * kLanes, lo[r]);
+      store8(acc[r] + (c + 1) * kLanes, hi[r]);
+    }
+  }
+  for (; c < chunks; ++c) {
+    f32x8 sum[R];
+    for (int r = 0; r < R; ++r) sum[r] = load8(acc[r] + c * kLanes);
+    for (int t = 0; t < nt; ++t) {
+      const f32x8 v0 = load8(values + t * kv_stride + c * kLanes);
+      for (int r = 0; r < R; ++r) sum[r] += splat(p[r][t0 + t]) * v0;
+    }
+    for (int r = 0; r < R; ++r) store8(acc[r] + c * kLanes, sum[r]);
+  }
+}
+
+// Attends rows[0..n) (sorted by KV head) over slots [slot0, slot1); leaves each row's partial softmax: weighted
+// values in acc[i * D ...], running max and sum.
+void attend(const Shapes& s, const Row* rows, int n, const float* k, const float* v, int64_t slot0, int64_t slot1,
+            float* acc, float* row_max, float* row_sum) {
+  const int64_t D = s.head_dim, kv_stride = s.kv_heads * D;
+  const int chunks = static_cast<int>(D / kLanes);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  alignas(32) float p[kMaxItemRows][kBlockSlots];
+  bool live[kMaxItemRows];
+  float* acc_row[kMaxItemRows];
+  // Groups of up to four consecutive rows that read the same KV head.
+  int group_start[kMaxItemRows + 1], n_groups = 0;
+  for (int i = 0; i < n;) {
+    int j = i + 1;
+    while (j < n && j - i < 4 && rows[j].kv == rows[i].kv) ++j;
+    group_start[n_groups++] = i;
+    i = j;
+  }
+  group_start[n_groups] = n;
+  for (int i = 0; i < n; ++i) {
+    acc_row[i] = acc + i * D;
+    std::memset(acc_row[i], 0, sizeof(float) * D);
+    row_max[i] = kMinusInf;
+    row_sum[i] = 0.0f;
+  }
+  // The span of a slot this item's rows read, prefetched for the values pass while the keys are scored.
+  const int64_t span0 = rows[0].kv, span1 = rows[n - 1].kv + D;
+
+  for (int64_t b = slot0; b < slot1; b += kBlockSlots) {
+    const int nb = static_cast<int>(std::min<int64_t>(kBlockSlots, slot1 - b));
+    bool any_visible = false;
+    const float* checked = nullptr;
+    for (int i = 0; i < n && !any_visible; ++i) {
+      if (rows[i].mask == checked) continue;
+      checked = rows[i].mask;
+      for (int t = 0; t < nb; ++t) {
+        if (checked[b + t] != kMinusInf) {
+          any_visible = true;
+          break;
+        }
+      }
+    }
+    if (!any_visible) continue;  // an unfilled ring, or slots outside every row's window
+
+    for (int t = 0; t < nb; ++t) {
+      // The values this block will need, requested while the keys are scored.
+      const float* values = v + (b + t) * kv_stride;
+      for (int64_t off = span0; off < span1; off += 16) __builtin_prefetch(values + off);
+    }
+    for (int g = 0; g < n_groups; ++g) {
+      const int i = group_start[g], count = group_start[g + 1] - i;
+      const float* keys = k + b * kv_stride + rows[i].kv;
+      float(*pg)[kBlockSlots] = p + i;
+      int t = 0;
+      if (count == 4) {
+        for (; t + 2 <= nb; t += 2) score_rows<4>(rows + i, keys + t * kv_stride, kv_stride, chunks, scale, pg, t);
+      } else if (count == 2) {
+        for (; t + 4 <= nb; t += 4) score_rows<2>(rows + i, keys + t * kv_stride, kv_stride, chunks, scale, pg, t);
+      } else if (count == 1) {
+        for (; t + 8 <= nb; t += 8) score_rows<1>(rows + i, keys + t * kv_stride, kv_stride, chunks, scale, pg, t);
+      }
+      for (int r = 0; r < count; ++r) {
+        for (int tt = (count == 3 ? 0 : t); tt < nb; ++tt) {
+          pg[r][tt] = score_one(rows[i + r].q, keys + tt * kv_stride, chunks) * scale;
+        }
+      }
+    }
+
+    // Online softmax: masks added, weights exp(score - running max), what was accumulated rescaled.
+    for (int i = 0; i < n; ++i) {
+      const float* m = rows[i].mask + b;
+      float block_max = kMinusInf;
+      for (int t = 0; t < nb; ++t) {
+        p[i][t] += m[t];
+        block_max = std::max(block_max, p[i][t]);
+      }
+      live[i] = block_max != kMinusInf;
+      if (!live[i]) {
+        std::memset(p[i], 0, sizeof(float) * nb);
+        continue;
+      }
+      const float new_max = std::max(block_max, row_max[i]);
+      const float correction = std::exp(row_max[i] - new_max);  // 0 on a row's first visible block
+      row_max[i] = new_max;
+      f32x8 total = splat(0.0f);
+      int t = 0;
+      for (; t + kLanes <= nb; t += kLanes) {
+        const f32x8 w = exp8(load8(&p[i][t]) - splat(new_max));
+        store8(&p[i][t], w);
+        total += w;
+      }
+      float tail = 0.0f;
+      for (; t < nb; ++t) {
+        p[i][t] = p[i][t] == kMinusInf ? 0.0f : std::exp(p[i][t] - new_max);
+        tail += p[i][t];
+      }
+      row_sum[i] = row_sum[i] * correction + sum8(total) + tail;
+      if (correction != 1.0f) {
+        for (int c = 0; c < chunks; ++c) {
+          store8(acc_row[i] + c * kLanes, load8(acc_row[i] + c * kLanes) * splat(correction));
+        }
+      }
+    }
+
+    for (int t0 = 0; t0 < nb; t0 += kValueSlots) {
+      const int nt = std::min(kValueSlots, nb - t0);
+      for (int g = 0; g < n_groups; ++g) {
+        const int i = group_start[g], count = group_start[g + 1] - i;
+        bool any = false;
+        for (int r = i; r < i + count; ++r) any = any || live[r];
+        if (!any) continue;
+        const float* values = v + (b + t0) * kv_stride + rows[i].kv;
+        switch (count) {
+          case 4: weigh_values<4>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
+          case 3: weigh_values<3>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
+          case 2: weigh_values<2>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
+          default: weigh_values<1>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
+        }
+      }
+    }
+  }
+}
+
+// out row = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c over the items c that saw the row.
+void merge(int64_t D, int n_items, int64_t rows, const float* acc, const float* row_max, const float* row_sum,
+           float* const* out_row) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float top = kMinusInf;
+    for (int c = 0; c < n_items; ++c) top = std::max(top, row_max[c * rows + i]);
+    float* o = out_row[i];
+    std::memset(o, 0, sizeof(float) * D);
+    if (top == kMinusInf) continue;
+    float total = 0.0f;
+    for (int c = 0; c < n_items; ++c) {
+      if (row_max[c * rows + i] == kMinusInf) continue;
+      const float w = std::exp(row_max[c * rows + i] - top);
+      total += w * row_sum[c * rows + i];
+      const float* a = acc + (c * rows + i) * D;
+      for (int64_t d = 0; d < D; ++d) o[d] += w * a[d];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+  }
+}
+
+bool check_inputs(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                  const Tensor& out) {
+  const Tensor* all[] = {&q, &k, &v, &mask, &out};
+  for (const Tensor* t : all) {
+    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Float, InvalidArgument, false,
+                        "voxtral::ring_attention takes float32 tensors");
+    ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::tensor_is_default_dim_order(*t), InvalidArgument, false,
+                        "voxtral::ring_attention takes contiguous tensors");
+  }
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && mask.dim() == 2, InvalidArgument, false,
+                      "voxtral::ring_attention: q, k_cache and v_cache are 4-D, mask 2-D");
+  ET_KERNEL_CHECK_MSG(ctx, q.size(0) == 1 && k.size(0) == 1 && v.size(0) == 1, InvalidArgument, false,
+                      "voxtral::ring_attention: batch size 1");
+  for (int d = 1; d < 4; ++d) {
+    ET_KERNEL_CHECK_MSG(ctx, k.size(d) == v.size(d), InvalidArgument, false,
+                        "voxtral::ring_attention: k_cache and v_cache differ in shape");
+  }
+  const int64_t heads = q.size(2), kv_heads = k.size(2), head_dim = q.size(3);
+  ET_KERNEL_CHECK_MSG(ctx, k.size(3) == head_dim && head_dim % kLanes == 0 && head_dim <= kMaxHeadDim,
+                      InvalidArgument, false,
+                      "voxtral::ring_attention: head_dim must match the caches, be a multiple of 8 and at most 256");
+  ET_KERNEL_CHECK_MSG(ctx, kv_heads > 0 && heads % kv_heads == 0, InvalidArgument, false,
+                      "voxtral::ring_attention: query heads must be a multiple of KV heads");
+  ET_KERNEL_CHECK_MSG(ctx, mask.size(0) == q.size(1) && mask.size(1) == k.size(1), InvalidArgument, false,
+                      "voxtral::ring_attention: mask must be [query positions, cache slots]");
+  return true;
+}
+
+}  // namespace
+
+Tensor& ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                           const Tensor& mask, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, out,
+                      "voxtral::ring_attention: cannot resize the output to the query's shape");
+  if (!check_inputs(ctx, q, k_cache, v_cache, mask, out)) return out;
+  Shapes s{q.size(1), q.size(2), k_cache.size(2), q.size(3), k_cache.size(1), 0};
+  s.rep = s.heads / s.kv_heads;
+  const int64_t D = s.head_dim, rows = s.seq * s.heads, rows_per_kv = s.seq * s.rep;
+  const float* qd = q.const_data_ptr<float>();
+  const float* kd = k_cache.const_data_ptr<float>();
+  const float* vd = v_cache.const_data_ptr<float>();
+  const float* md = mask.const_data_ptr<float>();
+  float* od = out.mutable_data_ptr<float>();
+
+  // Rows sorted by KV head: row o = g * (S * rep) + j is query head g * rep + j % rep at position j / rep.
+  // Scratch (rows, per-item partial softmaxes) is kept per calling thread: no allocation once the largest call ran.
+  thread_local std::vector<Row> order;
+  thread_local std::vector<float*> out_row;
+  thread_local std::vector<float> scratch;
+  order.resize(static_cast<size_t>(rows));
+  out_row.resize(static_cast<size_t>(rows));
+  for (int64_t g = 0; g < s.kv_heads; ++g) {
+    for (int64_t j = 0; j < rows_per_kv; ++j) {
+      const int64_t pos = j / s.rep, head = g * s.rep + j % s.rep, o = g * rows_per_kv + j;
+      order[o] = Row{qd + (pos * s.heads + head) * D, md + pos * s.slots, g * D};
+      out_row[o] = od + (pos * s.heads + head) * D;
+    }
+  }
+  // The work items run on pool threads, which must see this thread's buffers (not their own thread_locals).
+  const Row* row_order = order.data();
+
+  const int64_t blocks = (s.slots + kBlockSlots - 1) / kBlockSlots;
+  if (rows <= kMaxItemRows) {
+    // Few rows: every item takes all rows over its own range of slots.
+    const int64_t threads = executorch::extension::get_thread_count();
+    const int n_items = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 2 * threads)));
+    const int64_t per_item = ((blocks + n_items - 1) / n_items) * kBlockSlots;
+    scratch.resize(static_cast<size_t>(n_items * rows * (D + 2)));
+    float* acc = scratch.data();
+    float* row_max = acc + n_items * rows * D;
+    float* row_sum = row_max + n_items * rows;
+    executorch::extension::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t slot0 = std::min(s.slots, c * per_item), slot1 = std::min(s.slots, (c + 1) * per_item);
+        if (slot0 == slot1) {
+          std::fill(row_max + c * rows, row_max + (c + 1) * rows, kMinusInf);
+          continue;
+        }
+        attend(s, row_order, static_cast<int>(rows), kd, vd, slot0, slot1, acc + c * rows * D,
+               row_max + c * rows, row_sum + c * rows);
+      }
+    });
+    merge(D, n_items, rows, acc, row_max, row_sum, out_row.data());
+    return out;
+  }
+  // Many rows: one item per KV head and tile of its rows, over all slots.
+  const int64_t tiles = (rows_per_kv + kTileRows - 1) / kTileRows;
+  scratch.resize(static_cast<size_t>(rows * (D + 2)));
+  float* acc = scratch.data();
+  float* row_max = acc + rows * D;
+  float* row_sum = row_max + rows;
+  executorch::extension::parallel_for(0, s.kv_heads * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t o = (item / tiles) * rows_per_kv + (item % tiles) * kTileRows;
+      const int64_t n = std::min<int64_t>(kTileRows, (item / tiles + 1) * rows_per_kv - o);
+      attend(s, row_order + o, static_cast<int>(n), kd, vd, 0, s.slots, acc + o * D, row_max + o, row_sum + o);
+    }
+  });
+  merge(D, 1, rows, acc, row_max, row_sum, out_row.data());
+  return out;
+}
+
+}  // namespace voxtral
+
+EXECUTORCH_LIBRARY(voxtral, "ring_attention.out", voxtral::ring_attention_out);
