@@ -219,7 +219,19 @@ def load_spec(paths: BundlePaths, share_weights: bool = True, verify: bool = Tru
     if verify:
         verify_files(paths)
     model = _load(paths.model)
-    meta = read_constants(model, paths.model)  # loads only the metadata methods: no delegate yet
+    # Our kernels first: reading the constants loads every method, and ExecuTorch refuses a method whose operators
+    # have no kernel. A build failure only matters for programs that call our operators.
+    try:
+        kernels.load()
+        kernel_error = None
+    except kernels.KernelBuildError as e:
+        kernel_error = e
+    try:
+        meta = read_constants(model, paths.model)  # loads only the metadata methods: no delegate yet
+    except RuntimeError as e:
+        if kernel_error is not None:
+            raise ProgramError(f"{paths.model} needs the runtime's own kernels: {kernel_error}") from e
+        raise
     _register_runtime_operators(paths.model, meta.get("runtime_operators", ""))
     if meta.get("program") != "model":
         raise ProgramError(f"{paths.model}: this is the {meta.get('program')} program, not model.pte")
