@@ -7,7 +7,7 @@ dec: a live decoder step (1 position, 32 query / 8 KV heads, 2112 slots); enc: a
 (default 8) separate caches per call, so the caches do not sit in cache; prints the error of both against float64,
 ms per layer, and the bytes of the caches over that time beside a 2-thread sum over the same caches (the read floor).
 """
-import os, sys, time, statistics
+import os, sys, tempfile, time, statistics
 import voxtral_runtime  # noqa: F401  thread settings, as the runtime runs
 import torch
 from executorch.extension.llm.custom_ops import custom_ops  # noqa
@@ -32,6 +32,7 @@ class M(torch.nn.Module):
         for i in range(L):
             self.register_buffer(f"k{i}", torch.randn(1, N, Hkv, D, generator=g)); self.register_buffer(f"v{i}", torch.randn(1, N, Hkv, D, generator=g))
     def forward(self, q, mask):
+        per_layer = []
 
         for i in range(L):
             k, v = getattr(self, f"k{i}"), getattr(self, f"v{i}")
@@ -45,20 +46,23 @@ class M(torch.nn.Module):
                     f = q.reshape(1, S, Hkv, rep, D).permute(0, 3, 1, 2, 4).reshape(1, rep * S, Hkv, D)
                     y = torch.ops.llama.custom_sdpa(f, k, v, 0, mask.repeat(rep, 1), 0.0, False)
                     y = y.reshape(1, rep, S, Hkv, D).permute(0, 2, 3, 1, 4).reshape(1, S, H, D)
-            outs.append(y.reshape(1, S, H, D))
-        return torch.stack(outs)
+            per_layer.append(y.reshape(1, S, H, D))
+        return torch.stack(per_layer)
 
 torch.manual_seed(0)
 q = torch.randn(1, S, H, D) * 0.3
 pos = torch.arange(START, START + S)
 mask = attention_mask(pos, N, W, True, torch.float32, float("-inf"))
 methods, outs = {}, {}
+SCRATCH = tempfile.TemporaryDirectory()
 for mode in ("ring", "sdpa"):
     m = M(mode).eval()
     prog = to_edge_transform_and_lower(torch.export.export(m, (q, mask)),
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
-    open(f"/tmp/{mode}.pte", "wb").write(prog.buffer)
-    methods[mode] = Runtime.get().load_program(f"/tmp/{mode}.pte").load_method("forward")
+    path = os.path.join(SCRATCH.name, f"{mode}.pte")
+    with open(path, "wb") as f:
+        f.write(prog.buffer)
+    methods[mode] = Runtime.get().load_program(path).load_method("forward")
     outs[mode] = methods[mode].execute([q, mask])[0]
 m = M("ring")
 with torch.no_grad():
