@@ -3,7 +3,8 @@
 The thread lets the session loop enforce timeouts and notice shutdown while it waits for the client. The bound is
 the backpressure: once `capacity` bytes of audio wait unread by the model, the thread stops pulling messages from
 gRPC, whose flow control then stops the client from sending more. A client can therefore run ahead of the model by
-at most the capacity (plus gRPC's own window), however fast it sends.
+at most the capacity plus gRPC's own 64 KiB window (the server turns off the window's growth), however fast it
+sends.
 """
 
 from __future__ import annotations

@@ -68,7 +68,10 @@ class Server:
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2 * options.max_sessions + 8),
             options=[("grpc.max_receive_message_length", options.max_message_bytes),
-                     ("grpc.max_send_message_length", options.max_message_bytes)])
+                     ("grpc.max_send_message_length", options.max_message_bytes),
+                     # Keep each stream's receive window at 64 KiB: with probing it grows to megabytes, minutes of
+                     # audio held in gRPC beyond --max-buffered-audio (docs/runtime.md, Backpressure).
+                     ("grpc.http2.bdp_probe", 0)])
         self.health = health.HealthServicer()
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
