@@ -70,8 +70,9 @@ def compile_command(compiler: str, output: Path) -> list[str]:
     lib = root / "lib"
     sources = [str(Path(__file__).with_name(name)) for name in SOURCES]
     return [*shlex.split(compiler), "-O3", "-std=c++17", "-fPIC", "-shared", *_arch_flags(),
-            # ExecuTorch's own build settings for kernels: its threadpool, and its bundled c10 headers' macros.
-            "-DET_USE_THREADPOOL", "-DC10_USING_CUSTOM_GENERATED_MACROS",
+            # ExecuTorch's own build settings for kernels: its threadpool, its bundled c10 headers' macros, and its
+            # event tracer (as in the pip build), so an ETDump profile times our kernel like any other operator.
+            "-DET_USE_THREADPOOL", "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED",
             f"-I{include}", f"-I{include / 'executorch/runtime/core/portable_type/c10'}",
             *sources, f"-L{lib}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{lib}", "-o", str(output)]
 
