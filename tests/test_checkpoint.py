@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from voxtral_model.checkpoint import CheckpointError, checkpoint_key_map, load_model
+from voxtral_model.checkpoint import (LAYER_PREFIXES, CheckpointError, checkpoint_key_map, load_model,
+                                     load_model_lazily)
 from voxtral_model.model import RuntimeOptions
 
 
@@ -131,3 +132,18 @@ def test_peak_memory_stays_near_the_model_size(tmp_path_factory, dtype):
     assert ratio < 1.35, f"peak private memory grew by {ratio:.2f}x the loaded model's size"
     if dtype == "float32":  # converted tensors are private memory: a measurement that saw nothing is broken
         assert ratio > 0.9
+
+
+def test_lazy_loading_reads_layers_only_when_asked(tiny_dir):
+    """The export reads each layer just before quantizing it: the layers start on the meta device, everything else
+    is read, and materialized layers equal those of a whole load."""
+    model, weights = load_model_lazily(tiny_dir)
+    assert model.decoder.layers[0].attention.wq.weight.is_meta and model.adapter[0].weight.is_meta
+    assert not model.decoder.tok_embeddings.weight.is_meta and not model.encoder.norm.weight.is_meta
+    assert model.decoder.output.weight is model.decoder.tok_embeddings.weight
+    weights.materialize("decoder.layers.0")
+    whole = dict(load_model(tiny_dir).named_parameters())
+    for name, param in model.decoder.layers[0].named_parameters():
+        assert torch.equal(param, whole[f"decoder.layers.0.{name}"]), name
+    assert model.decoder.layers[1].attention.wq.weight.is_meta
+    assert all(name.startswith(LAYER_PREFIXES) for name in weights.unread())

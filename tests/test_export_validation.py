@@ -14,7 +14,8 @@ import torch
 from voxtral_export.cli import main
 from voxtral_export.options import ExportError, ExportOptions, validate_against_config, validate_flags
 from voxtral_export.quantize import quantize_model
-from voxtral_model.checkpoint import load_model
+from voxtral_model.checkpoint import load_model, load_model_lazily
+from voxtral_model.model import RuntimeOptions
 from voxtral_model.config import DecoderArgs
 
 
@@ -92,6 +93,21 @@ def test_group_size_64_works_because_the_ada_projections_are_folded(tiny_config,
         assert torch.allclose(folded.decode(embeds, torch.arange(5)), model.decode(embeds, torch.arange(5)), atol=1e-5)
     options = ExportOptions(model_path=tiny_dir, qlinear="8da4w", qlinear_group_size=32, qlinear_encoder="8da8w")
     assert quantize_model(model, options, torch.float32) == []
+
+
+def test_quantizing_a_lazily_loaded_model_reads_each_layer_and_gives_the_same_model(tiny_dir):
+    """The export's path (layers read one at a time while quantizing) against quantizing a whole loaded model."""
+    options = ExportOptions(model_path=tiny_dir, qlinear="8da4w", qlinear_encoder="8da8w", qembedding="8w")
+    whole = load_model(tiny_dir, RuntimeOptions(dtype=torch.bfloat16))
+    quantize_model(whole, options, torch.float32)
+    lazy, weights = load_model_lazily(tiny_dir, RuntimeOptions(dtype=torch.bfloat16))
+    quantize_model(lazy, options, torch.float32, weights=weights)
+    assert weights.unread() == []
+    embeds = torch.randn(1, 5, lazy.config.decoder.dim, generator=torch.Generator().manual_seed(0))
+    mel = torch.randn(1, lazy.config.encoder.num_mel_bins, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(lazy.decode(embeds, torch.arange(5)), whole.decode(embeds, torch.arange(5)))
+        assert torch.equal(lazy.encode_audio(mel), whole.encode_audio(mel))
 
 
 def test_cli_process_exit_code_and_help(tiny_dir, tmp_path):

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from voxtral_model.checkpoint import CheckpointError, check_checkpoint, load_model
+from voxtral_model.checkpoint import CheckpointError, check_checkpoint, load_model_lazily
 from voxtral_model.config import TOKENIZER_FILE, WEIGHTS_FILE, ConfigError, load_config
 from voxtral_model.model import RuntimeOptions
 
+from .heap import release_freed_memory, return_large_blocks_when_freed
 from .lower import lower_to_executorch
 from .metadata import model_metadata, preprocessor_metadata
 from .options import ExportError, ExportOptions, validate_against_config, validate_flags
@@ -58,6 +59,7 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
     progress = progress or Progress()
     config = validate(options)
     _register_runtime_ops()
+    return_large_blocks_when_freed()
     dtype = torch.bfloat16 if options.dtype == "bf16" else torch.float32
     delay = options.delay_tokens or config.delay_tokens
     output_dir = Path(options.output_dir)
@@ -68,12 +70,13 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
         with progress.phase("load checkpoint"):
             # bf16 is the checkpoint's own precision: quantizing from it loses nothing and halves peak memory.
             load_dtype = torch.bfloat16 if options.quantized else dtype
-            model = load_model(options.model_path, RuntimeOptions(
+            model, weights = load_model_lazily(options.model_path, RuntimeOptions(
                 layout=options.layout, streaming=options.streaming, max_seq_len=options.max_seq_len,
                 delay_tokens=delay, decoder_window=options.sliding_window, encoder_window=options.max_enc_len,
                 dtype=load_dtype), config=config)
         with progress.phase("quantize" if options.quantized else "cast"):
-            skipped = quantize_model(model, options, dtype, progress=lambda m: progress.say(f"  {m}"))
+            skipped = quantize_model(model, options, dtype, progress=lambda m: progress.say(f"  {m}"), weights=weights)
+            release_freed_memory()
             if skipped:
                 progress.say(f"  left unquantized (input width not a multiple of the group size): {len(skipped)} "
                              f"linears, e.g. {skipped[0]}")

@@ -1,8 +1,8 @@
 """torchao quantization of the model's linears and embedding (reference.md §11), one layer at a time.
 
-Layer by layer matters for the full model: it is loaded in bf16 (the checkpoint's own precision, so nothing is lost)
-and each layer is upcast to the export dtype and quantized on its own, so the fp32 copy of the whole model never
-exists; the output head and the embedding, the two largest matrices, go a block of rows at a time (row_chunks.py). Conv layers are never quantized. Linears that no delegate can run correctly are then handed to ExecuTorch's
+Layer by layer matters for the full model: each layer is read from the checkpoint in bf16 (its own precision, so
+nothing is lost) only when its turn comes (checkpoint.LazyWeights), then upcast to the export dtype and quantized on
+its own, so neither the fp32 nor the bf16 copy of the whole model ever exists; the output head and the embedding, the two largest matrices, go a block of rows at a time (row_chunks.py). Conv layers are never quantized. Linears that no delegate can run correctly are then handed to ExecuTorch's
 quantized kernels (kernel_linear.py), keeping torchao's choice of quantized weights.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from voxtral_model.checkpoint import LazyWeights
 from voxtral_model.model import VoxtralRealtime
 
 from .kernel_linear import KernelQuantizedLinear, replace_quantized_linears
@@ -62,25 +63,32 @@ def _linears_fit(group_size: int | None) -> Callable[[nn.Module, str], bool]:
     return fits
 
 
-def _encoder_units(model: VoxtralRealtime) -> Iterator[nn.Module]:
-    yield from model.encoder.layers
-    yield model.adapter
+def _encoder_units(model: VoxtralRealtime) -> Iterator[tuple[str, nn.Module]]:
+    for i, layer in enumerate(model.encoder.layers):
+        yield f"encoder.layers.{i}", layer
+    yield "adapter", model.adapter
 
 
-def _decoder_units(model: VoxtralRealtime) -> Iterator[nn.Module]:
-    yield from model.decoder.layers
+def _decoder_units(model: VoxtralRealtime) -> Iterator[tuple[str, nn.Module]]:
+    for i, layer in enumerate(model.decoder.layers):
+        yield f"decoder.layers.{i}", layer
 
 
 def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.dtype,
-                   progress: Callable[[str], None] = lambda _: None) -> list[str]:
-    """Folds the ada-norm scales, casts to `dtype` and quantizes in place, unit by unit. Returns the linears left
-    unquantized because the group size does not divide their input width (validation makes this empty)."""
+                   progress: Callable[[str], None] = lambda _: None, weights: LazyWeights | None = None) -> list[str]:
+    """Reads each unit (if `weights`: a lazily loaded model), folds its ada-norm scale, casts it to `dtype` and
+    quantizes it in place, unit by unit. Returns the linears left unquantized because the group size does not
+    divide their input width (validation makes this empty)."""
     from torchao.quantization.quant_api import quantize_
 
     skipped: list[str] = []
 
-    def run(units: list[nn.Module], scheme: str | None, group_size: int, label: str) -> None:
-        for i, unit in enumerate(units):
+    def run(units: list[tuple[str, nn.Module]], scheme: str | None, group_size: int, label: str) -> None:
+        for i, (name, unit) in enumerate(units):
+            if weights is not None:
+                weights.materialize(name)
+            if label == "decoder":  # before the cast: the scale is computed in fp32
+                unit.fold_time_conditioning(model.decoder.t_cond)
             unit.to(dtype)
             if scheme:
                 gs = group_size if scheme in GROUPED and group_size else None
@@ -92,7 +100,6 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
                     replace_quantized_linears(unit)
             progress(f"{label} {i + 1}/{len(units)}")
 
-    model.decoder.fold_time_conditioning()  # before any cast: the scale is computed in fp32
     if options.quantized:
         model.decoder.untie_output()  # embedding and head get their own formats
     run(list(_encoder_units(model)), options.qlinear_encoder, options.qlinear_encoder_group_size, "encoder")
@@ -112,6 +119,8 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
         embedding.to(dtype)
     progress("embedding")
     _cast_remaining(model, dtype)
+    if weights is not None and weights.unread():
+        raise RuntimeError(f"parameters never read from the checkpoint: {weights.unread()[:3]}")
     return skipped
 
 

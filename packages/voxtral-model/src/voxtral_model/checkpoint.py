@@ -2,7 +2,9 @@
 
 The model is built on the meta device, every checkpoint tensor is checked for presence and shape before anything is
 read, then tensors are read one at a time from the memory-mapped file and cast to the target dtype, so peak memory
-stays near the size of the loaded model.
+stays near the size of the loaded model. `load_model_lazily` leaves the layers unread until asked for one
+(`LazyWeights.materialize`): the export quantizes each layer right after reading it, so the model never sits whole in
+memory in the checkpoint's precision.
 """
 
 from __future__ import annotations
@@ -89,20 +91,54 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     setattr(module, param_name, nn.Parameter(tensor, requires_grad=False))
 
 
+LAYER_PREFIXES = ("encoder.layers.", "adapter.", "decoder.layers.")  # what load_model_lazily leaves unread
+
+
+class LazyWeights:
+    """The checkpoint tensors of a model not read yet; `materialize` reads those of one submodule."""
+
+    def __init__(self, model: VoxtralRealtime, path: Path, names: dict[str, str], dtype: torch.dtype):
+        self._model, self._path, self._dtype = model, path, dtype
+        self._unread = names  # parameter name -> checkpoint key
+
+    def materialize(self, module: str) -> None:
+        """Reads every unread parameter under the module path `module` (e.g. "decoder.layers.3"). The file is opened
+        for each call: a read tensor is a view of that call's mapping, so once the layer's source-precision weights
+        are dropped (quantized, say) its pages leave memory with them."""
+        names = [n for n in self._unread if n.startswith(module + ".")]
+        with safe_open(str(self._path), framework="pt") as f:
+            for name in names:
+                _assign(self._model, name, f.get_tensor(self._unread.pop(name)).to(self._dtype))
+
+    def unread(self) -> list[str]:
+        return list(self._unread)
+
+
 def load_model(model_dir: str | Path, options: RuntimeOptions = RuntimeOptions(),
                config: VoxtralConfig | None = None) -> VoxtralRealtime:
     """Builds the model from a Mistral checkpoint directory (params.json, tekken.json, consolidated.safetensors)."""
+    model, weights = load_model_lazily(model_dir, options, config)
+    for prefix in LAYER_PREFIXES:
+        weights.materialize(prefix.rstrip("."))
+    return model
+
+
+def load_model_lazily(model_dir: str | Path, options: RuntimeOptions = RuntimeOptions(),
+                      config: VoxtralConfig | None = None) -> tuple[VoxtralRealtime, LazyWeights]:
+    """Like `load_model`, but the encoder layers, the adapter and the decoder layers stay on the meta device until
+    `materialize`d; everything else (embedding, convs, norms) is read now."""
     model_dir = Path(model_dir)
     config = config or load_config(model_dir)
     path = model_dir / WEIGHTS_FILE
     check_checkpoint(path, config)
     with torch.device("meta"):
         model = VoxtralRealtime(config, options)
-    with safe_open(str(path), framework="pt") as f:
-        for key, name in checkpoint_key_map(config).items():
-            _assign(model, name, f.get_tensor(key).to(options.dtype))
+    names = {name: key for key, name in checkpoint_key_map(config).items()}
+    weights = LazyWeights(model, path, names, options.dtype)
+    for name in [n for n in names if not n.startswith(LAYER_PREFIXES)]:
+        weights.materialize(name.rpartition(".")[0])
     model.decoder.output.weight = model.decoder.tok_embeddings.weight  # re-tie: assignment broke the tie
     for module in model.modules():
         if hasattr(module, "init_buffers"):
             module.init_buffers()
-    return model.eval()
+    return model.eval(), weights
