@@ -19,7 +19,7 @@ from voxtral_model.checkpoint import CheckpointError, check_checkpoint, load_mod
 from voxtral_model.config import TOKENIZER_FILE, WEIGHTS_FILE, ConfigError, load_config
 from voxtral_model.model import RuntimeOptions
 
-from .heap import release_freed_memory, return_large_blocks_when_freed
+from .heap import release_freed_memory
 from .lower import lower_to_executorch
 from .metadata import model_metadata, preprocessor_metadata
 from .options import ExportError, ExportOptions, validate_against_config, validate_flags
@@ -59,7 +59,6 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
     progress = progress or Progress()
     config = validate(options)
     _register_runtime_ops()
-    return_large_blocks_when_freed()
     dtype = torch.bfloat16 if options.dtype == "bf16" else torch.float32
     delay = options.delay_tokens or config.delay_tokens
     output_dir = Path(options.output_dir)
@@ -76,7 +75,6 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
                 dtype=load_dtype), config=config)
         with progress.phase("quantize" if options.quantized else "cast"):
             skipped = quantize_model(model, options, dtype, progress=lambda m: progress.say(f"  {m}"), weights=weights)
-            release_freed_memory()
             if skipped:
                 progress.say(f"  left unquantized (input width not a multiple of the group size): {len(skipped)} "
                              f"linears, e.g. {skipped[0]}")
@@ -88,6 +86,7 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
             (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata,
                                                                    progress=lambda m: progress.say(f"  {m}")))
         del programs, model
+        release_freed_memory()
         with progress.phase("export and lower preprocessor.pte"):
             pre = export_preprocessor_methods(config, options.max_audio_len)
             # The mel frontend stays fp32 and is tiny: XNNPACK where available, portable otherwise.

@@ -16,6 +16,7 @@ from torch import nn
 from voxtral_model.checkpoint import LazyWeights
 from voxtral_model.model import VoxtralRealtime
 
+from .heap import release_freed_memory
 from .kernel_linear import KernelQuantizedLinear, replace_quantized_linears
 from .options import GROUPED, ExportOptions, uses_kernel_linears
 from .row_chunks import quantize_in_row_chunks
@@ -98,6 +99,7 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
                 quantize_(unit, linear_config(scheme, group_size), filter_fn=fits)
                 if uses_kernel_linears(options.backend, scheme):
                     replace_quantized_linears(unit)
+            release_freed_memory()  # the unit's bf16 weights and fp32 temporaries
             progress(f"{label} {i + 1}/{len(units)}")
 
     if options.quantized:
@@ -111,12 +113,14 @@ def quantize_model(model: VoxtralRealtime, options: ExportOptions, dtype: torch.
             model.decoder.output = KernelQuantizedLinear.from_torchao(head)
     else:
         head.to(dtype)
+    release_freed_memory()
     progress("output head")
     embedding = model.decoder.tok_embeddings
     if options.qembedding:
         quantize_in_row_chunks(embedding, embedding_config(options.qembedding, options.qembedding_group_size), dtype)
     else:
         embedding.to(dtype)
+    release_freed_memory()
     progress("embedding")
     _cast_remaining(model, dtype)
     if weights is not None and weights.unread():
