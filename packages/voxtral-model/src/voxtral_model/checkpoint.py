@@ -135,8 +135,8 @@ def load_model_lazily(model_dir: str | Path, options: RuntimeOptions = RuntimeOp
         model = VoxtralRealtime(config, options)
     names = {name: key for key, name in checkpoint_key_map(config).items()}
     weights = LazyWeights(model, path, names, options.dtype)
-    for name in [n for n in names if not n.startswith(LAYER_PREFIXES)]:
-        weights.materialize(name.rpartition(".")[0])
+    for module in sorted({n.rpartition(".")[0] for n in names if not n.startswith(LAYER_PREFIXES)}):
+        weights.materialize(module)  # one read per module, not per tensor
     model.decoder.output.weight = model.decoder.tok_embeddings.weight  # re-tie: assignment broke the tie
     for module in model.modules():
         if hasattr(module, "init_buffers"):
