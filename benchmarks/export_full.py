@@ -12,12 +12,13 @@ checkpoint, which the kernel can drop under pressure). Prints one table.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from voxtral_runtime.programs import read_manifest
 
 RECIPES = {
     "xnnpack-streaming-8da4w": ["--streaming", "--sliding-window", "2048", "--qlinear-encoder", "8da4w",
@@ -63,7 +64,7 @@ def main() -> int:
         done.set()
         sampler.join()
         wall = time.monotonic() - started
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = read_manifest(out)
         checkpoint_gib = (args.checkpoint / "consolidated.safetensors").stat().st_size / 2**30
         rows.append((name, wall, manifest["peak_memory_gib"], checkpoint_gib, manifest["files"]["model.pte"] / 2**30,
                      manifest["phase_seconds"], peaks))

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import voxtral_runtime  # noqa: F401  first: it pins OpenMP to one thread before torch loads, as the runtime runs
+from voxtral_runtime.programs import read_manifest
 
 import numpy as np
 import torch
@@ -408,7 +409,7 @@ def main() -> int:
     if args.child == "profile":
         print(json.dumps(profile_parts(args.bundle / "model.pte", args.steps)))
         return 0
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    manifest = read_manifest(args.bundle)
     if args.child == "eager":
         print(json.dumps(eager_step(args.checkpoint, manifest, max(5, args.steps // 3))))
         return 0

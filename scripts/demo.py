@@ -40,15 +40,17 @@ def speechlike_wav(path: Path, seconds: float = 6.0) -> None:
 
 def bundle_is_current(bundle: Path) -> bool:
     """A cached bundle is reused only while its .pte contract version is the one this checkout writes."""
-    import json
-
     from voxtral_export.metadata import PTE_FORMAT_VERSION
-    from voxtral_export.pipeline import MANIFEST_FILE, MODEL_FILE
+    from voxtral_export.pipeline import MODEL_FILE
+    from voxtral_runtime.programs import ProgramError, read_manifest
 
-    manifest = bundle / MANIFEST_FILE
-    if not (bundle / MODEL_FILE).exists() or not manifest.exists():
+    if not (bundle / MODEL_FILE).exists():
         return False
-    return json.loads(manifest.read_text())["metadata"].get("pte_format_version") == PTE_FORMAT_VERSION
+    try:
+        metadata = read_manifest(bundle).get("metadata", {})
+    except ProgramError:
+        return False
+    return metadata.get("pte_format_version") == PTE_FORMAT_VERSION
 
 
 def build(progress: bool) -> Path:

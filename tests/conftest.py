@@ -1,6 +1,12 @@
-"""Session-wide fixtures: synthetic checkpoints are written once per test session."""
+"""Session-wide fixtures: synthetic checkpoints are written once per test session.
+
+voxtral_runtime is imported first, before anything loads torch, so the suite runs the runtime's production thread
+settings (OMP_NUM_THREADS=1: ExecuTorch's own pool parallelises the programs); test_runtime_cli checks it took hold.
+"""
 
 from __future__ import annotations
+
+import voxtral_runtime  # noqa: F401  (before torch: its thread settings apply only if set before torch loads)
 
 import pytest
 

@@ -3,7 +3,7 @@
 Why this exists: transformers 5.23 ships ``voxtral_realtime`` (an implementation written by
 Hugging Face together with Mistral, independent of ours).  Our tests build small random checkpoints in
 Mistral's exact on-disk format (``params.json`` + ``consolidated.safetensors`` + ``tekken.json``, see
-the shared ``reference.md`` §2-§3) and compare our mel front end, encoder, decoder and greedy loop against
+``docs/spec.md`` §2-§3) and compare our mel front end, encoder, decoder and greedy loop against
 the transformers model loaded from the *same* files.  This module does that loading (the transformers
 weight-conversion script is not part of the wheel) and exposes the pieces one by one so tests do not have to
 go through ``generate``.
@@ -12,7 +12,7 @@ Everything runs in fp32 on CPU.  The helpers are meant for tiny test checkpoints
 randomly initialised weights first and then overwritten, which would be slow (and need ~2x16 GB) for the real
 4B model.
 
-Conventions handled here (reference.md §3, §14.1):
+Conventions handled here (docs/spec.md §3, §14.1):
 - Mistral stores wq/wk rows in the interleaved-RoPE layout; transformers uses rotate-half RoPE, so wq, wk and
   the encoder wq bias are permuted per head ([head_dim/2, 2] -> [2, head_dim/2]).
 - Encoder RoPE theta, both sliding windows, the ada-norm bottleneck, rms eps, head_dim, n_kv_heads and the
@@ -96,7 +96,7 @@ def _audio_args(params: dict) -> dict:
 
 
 def build_hf_config(params: dict, delay_tokens: int = 6) -> VoxtralRealtimeConfig:
-    """transformers config from a Mistral params.json dict (every field of reference.md §14.1 explicit)."""
+    """transformers config from a Mistral params.json dict (every field of docs/spec.md §14.1 explicit)."""
     wma = params["multimodal"]["whisper_model_args"]
     enc = wma["encoder_args"]
     audio = enc["audio_encoding_args"]
@@ -255,7 +255,7 @@ def hf_feature_extractor(model_dir: str | Path) -> VoxtralRealtimeFeatureExtract
 
 
 def hf_log_mel(model_dir: str | Path, waveform: np.ndarray) -> np.ndarray:
-    """Log-mel (n_mels, F) of ``waveform`` exactly as given (already padded per reference.md §7).
+    """Log-mel (n_mels, F) of ``waveform`` exactly as given (already padded per docs/spec.md §7).
 
     With a single sequence and ``padding=False`` the feature extractor adds no samples; F = len // hop
     (center=True STFT, last frame dropped).
@@ -340,7 +340,7 @@ def hf_greedy_transcribe_ids(
     eos_id: int,
     delay_tokens: int | None = None,
 ) -> list[int]:
-    """Greedy decode per reference.md §7 steps 5-7 with the transformers decoder and a DynamicCache.
+    """Greedy decode per docs/spec.md §7 steps 5-7 with the transformers decoder and a DynamicCache.
 
     Prefill positions 0..L-1 (L = len(prompt_ids), 39 for the real prompt) in one call; the argmax at
     position L-1 is the first sampled id.  Then positions L..n_tok-1 one at a time, feeding back the previous

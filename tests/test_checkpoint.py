@@ -18,7 +18,7 @@ from voxtral_model.model import RuntimeOptions
 
 def test_key_count_matches_the_real_layout(tiny_config):
     # 13 per encoder layer + conv 4 + enc norm + adapter 2 + embeddings, 11 per decoder layer + final norm
-    # (= 711 tensors for the real 32/26-layer model, reference.md §3).
+    # (= 711 tensors for the real 32/26-layer model, docs/spec.md §3).
     enc, dec = tiny_config.encoder.n_layers, tiny_config.decoder.n_layers
     assert len(checkpoint_key_map(tiny_config)) == 13 * enc + 4 + 1 + 2 + 1 + 11 * dec + 1
 

@@ -21,11 +21,6 @@ def test_tiny_config_values(tiny_config):
     assert c.prompt_ids() == [1] + [32] * 38
 
 
-def test_with_delay(tiny_config):
-    assert tiny_config.with_delay(3).delay_tokens == 3
-    assert tiny_config.with_delay(3).prompt_length == 36
-
-
 def _copy(tiny_dir, tmp_path):
     out = tmp_path / "ckpt"
     shutil.copytree(tiny_dir, out)

@@ -28,7 +28,7 @@ def our_model(tiny_dir):
 
 @pytest.fixture(scope="module")
 def long_audio(tiny_config):
-    """20 s: 1,146 encoder frames, well past the 750-frame encoder window."""
+    """20 s: 1,196 encoder frames (with the reference's padding), well past the 750-frame encoder window."""
     return pad_audio(tiny_config, speechlike(20.0, seed=3))
 
 

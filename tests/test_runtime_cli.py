@@ -66,3 +66,13 @@ def test_streaming_flag_needs_a_streaming_program(bundles, tmp_path):
     write_wav(wav, speechlike(1.0).numpy(), 16000)
     result = transcribe(str(bundles("xnnpack-offline")), "--audio_path", str(wav), "--streaming")
     assert result.returncode == 2 and "offline program" in result.stderr.decode()
+
+
+def test_the_suite_runs_with_the_runtimes_thread_settings():
+    """conftest imports voxtral_runtime before torch, so torch's OpenMP pool has the runtime's thread count here, as
+    under `voxtral-runtime serve` (one unless the user's OMP_NUM_THREADS says otherwise)."""
+    import os
+
+    import torch
+
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])

@@ -1,4 +1,4 @@
-"""The 80 ms streaming encoder step reproduces the whole-signal offline encoder (reference.md §8.5)."""
+"""The 80 ms streaming encoder step reproduces the whole-signal offline encoder (docs/spec.md §8.5)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from signals import speechlike
 
 @pytest.mark.parametrize("layout", ["standard", "custom"])
 def test_streaming_equals_offline_beyond_the_window(tiny_dir, tiny_config, layout):
-    """28 s of audio: 1,596 encoder frames, so the 750-frame window applies and the 1,500-slot ring wraps."""
+    """28 s of audio: 1,596 encoder frames, so the 750-frame window applies and the 814-slot ring (750 + 64) wraps."""
     model = load_model(tiny_dir, RuntimeOptions(layout=layout))
     frontend = LogMel(tiny_config.encoder)
     padded = pad_audio(tiny_config, speechlike(28.0))

@@ -1,4 +1,4 @@
-"""torchao quantization of the model's linears and embedding (reference.md §11), one layer at a time.
+"""torchao quantization of the model's linears and embedding (docs/spec.md §11), one layer at a time.
 
 Layer by layer matters for the full model: each layer is read from the checkpoint in bf16 (its own precision, so
 nothing is lost) only when its turn comes (checkpoint.LazyWeights), then upcast to the export dtype and quantized on
@@ -52,8 +52,9 @@ def embedding_config(scheme: str, group_size: int):
     from torchao.quantization.quant_api import IntxWeightOnlyConfig
 
     granularity = PerGroup(group_size) if group_size else PerAxis(0)
-    bits = {"8w": torch.int8, "4w": torch.int4}[scheme]
-    return IntxWeightOnlyConfig(weight_dtype=bits, granularity=granularity,
+    if scheme != "8w":
+        raise ValueError(f"unknown embedding quantization {scheme!r}")
+    return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=granularity,
                                 intx_choose_qparams_algorithm="hqq_scale_only")
 
 

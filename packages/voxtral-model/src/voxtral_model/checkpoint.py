@@ -1,4 +1,4 @@
-"""Loading `consolidated.safetensors` with Mistral's real key names (reference.md §3).
+"""Loading `consolidated.safetensors` with Mistral's real key names (docs/spec.md §3).
 
 The model is built on the meta device, every checkpoint tensor is checked for presence and shape before anything is
 read, then tensors are read one at a time from the memory-mapped file and cast to the target dtype, so peak memory

@@ -1,8 +1,8 @@
 """Model configuration, read from a Mistral checkpoint directory.
 
-`params.json` holds the network shapes (reference.md §2.1); the `audio` block of `tekken.json` holds the streaming
-facts (delay, left padding, §2.3); the special-token table of `tekken.json` gives the control ids. Every field is
-checked: a missing or malformed one raises `ConfigError` naming the file and the field.
+`params.json` holds the network shapes (docs/spec.md §2.1); the `audio` block of `tekken.json` holds the streaming
+facts (delay, left padding: docs/spec.md §2.3); the special-token table of `tekken.json` gives the control ids.
+Every field is checked: a missing or malformed one raises `ConfigError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ PARAMS_FILE = "params.json"
 TOKENIZER_FILE = "tekken.json"
 WEIGHTS_FILE = "consolidated.safetensors"
 
-# mistral-common's OFFLINE_STREAMING_BUFFER_TOKENS: right padding = delay + 1 + this (reference.md §7).
+# mistral-common's OFFLINE_STREAMING_BUFFER_TOKENS: right padding = delay + 1 + this (docs/spec.md §7).
 RIGHT_PAD_BUFFER_TOKENS = 10
 
 
@@ -110,15 +110,8 @@ class VoxtralConfig:
         return 1 + self.audio.n_left_pad_tokens + self.delay_tokens
 
     def prompt_ids(self) -> list[int]:
-        """The reference prompt: BOS then STREAMING_PAD for the left padding and the delay (reference.md §7)."""
+        """The reference prompt: BOS then STREAMING_PAD for the left padding and the delay (docs/spec.md §7)."""
         return [self.tokens.bos] + [self.tokens.streaming_pad] * (self.prompt_length - 1)
-
-    def with_delay(self, delay_tokens: int) -> "VoxtralConfig":
-        """The same model conditioned on another delay (a multiple of 80 ms)."""
-        from dataclasses import replace
-
-        delay_ms = delay_tokens * 1000 / self.audio.frame_rate
-        return replace(self, audio=replace(self.audio, transcription_delay_ms=delay_ms))
 
 
 class _Fields:

@@ -1,4 +1,4 @@
-"""Mistral text decoder with delay-conditioned adaptive RMS norm (reference.md §4.6-4.8).
+"""Mistral text decoder with delay-conditioned adaptive RMS norm (docs/spec.md §4.6-§4.8).
 
 Per position the input is the sum of the audio embedding and the token embedding (the caller adds them). Attention
 is GQA over a KV cache: flat (`max_seq_len` slots) for offline programs, ring (window + RING_CHUNK slots) for streams of any length.

@@ -1,4 +1,4 @@
-"""Causal Whisper-style audio encoder (reference.md §4.3-4.5): conv stem, RoPE transformer, downsample, adapter.
+"""Causal Whisper-style audio encoder (docs/spec.md §4.3-§4.5): conv stem, RoPE transformer, downsample, adapter.
 
 Offline, the whole mel goes through at once with the 750-frame sliding window applied as in Mistral's reference
 (the ExecuTorch example drops it offline, D5). Streaming, `StreamingEncoder` takes one token's 8 mel frames per call

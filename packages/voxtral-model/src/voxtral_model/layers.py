@@ -62,7 +62,7 @@ class SwiGLU(nn.Module):
 
 
 def time_embedding(delay_tokens: int, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of the delay (cos first), shape (dim,), fp32 (reference.md §4.6)."""
+    """Sinusoidal embedding of the delay (cos first), shape (dim,), fp32 (docs/spec.md §4.6)."""
     half = dim // 2
     steps = torch.arange(half, dtype=torch.float64, device="cpu")
     inv_freq = torch.exp(-math.log(TIME_EMBEDDING_THETA) * steps / half)

@@ -1,4 +1,4 @@
-"""Log-mel frontend (reference.md §5.1) as exportable torch code.
+"""Log-mel frontend (docs/spec.md §5.1) as exportable torch code.
 
 The STFT is a strided Conv1d whose kernels are the Hann-windowed DFT basis: it lowers to any backend (torch.stft does
 not) and handles a dynamic signal length. The log floor is the fixed `global_log_mel_max - 8` of Mistral's reference,

@@ -1,4 +1,4 @@
-"""Eager transcription in plain PyTorch, following Mistral's reference schedule (reference.md §7, Appendix D).
+"""Eager transcription in plain PyTorch, following Mistral's reference schedule (docs/spec.md §7, Appendix D).
 
 This is the yardstick that exported programs and the runtime are tested against; it is not the fast path.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .config import VoxtralConfig
-from .mel import LogMel, stream_window_left_context, stream_window_samples
+from .mel import stream_window_left_context, stream_window_samples
 from .model import VoxtralRealtime
 
 
@@ -54,10 +54,3 @@ def greedy_decode(config: VoxtralConfig, model: VoxtralRealtime, audio_embeds: t
         step = audio_embeds[:, pos : pos + 1] + model.embed_tokens(torch.tensor([[token]]))
         token = int(model.decode(step, torch.tensor([pos]))[0, -1].argmax())
     return ids
-
-
-@torch.no_grad()
-def transcribe_ids(config: VoxtralConfig, model: VoxtralRealtime, waveform: torch.Tensor) -> list[int]:
-    """Offline: pad, log-mel, whole-signal encoder, greedy decode."""
-    mel = LogMel(config.encoder)(pad_audio(config, waveform))
-    return greedy_decode(config, model, model.encode_audio(mel))

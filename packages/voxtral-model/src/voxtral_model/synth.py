@@ -30,7 +30,7 @@ USED_SPECIAL_IDS = (1, 2, 32, 33)  # BOS, EOS, [STREAMING_PAD], [STREAMING_WORD]
 UNUSED_SPECIAL_SCALE = 0.1
 BYTE_TOKEN_SCALE = 0.3
 
-# Real ids of the special tokens that matter (reference.md §2.3); the others are placeholders as in tekken.json.
+# Real ids of the special tokens that matter (docs/spec.md §2.3); the others are placeholders as in tekken.json.
 SPECIAL_NAMES = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 5: "[AVAILABLE_TOOLS]",
                  6: "[/AVAILABLE_TOOLS]", 7: "[TOOL_RESULTS]", 8: "[/TOOL_RESULTS]", 9: "[TOOL_CALLS]", 10: "[IMG]",
                  11: "<pad>", 12: "[IMG_BREAK]", 13: "[IMG_END]", 14: "[PREFIX]", 15: "[MIDDLE]", 16: "[SUFFIX]",
@@ -61,7 +61,7 @@ DIMS = {"tiny": TINY_PARAMS, "full": FULL_PARAMS}
 
 
 def params_json(dims: dict) -> dict:
-    """params.json with every field of the real file (reference.md §2.1)."""
+    """params.json with every field of the real file (docs/spec.md §2.1)."""
     return {
         "dim": dims["dim"], "n_layers": dims["n_layers"], "head_dim": dims["head_dim"],
         "hidden_dim": dims["hidden_dim"], "n_heads": dims["n_heads"], "n_kv_heads": dims["n_kv_heads"],

@@ -1,4 +1,4 @@
-"""The inference session: Mistral's reference schedule over loaded ExecuTorch programs (reference.md Appendix D).
+"""The inference session: Mistral's reference schedule over loaded ExecuTorch programs (docs/spec.md Appendix D).
 
 Audio is framed in "padded-stream" coordinates: 32 tokens of silence, then the client's audio, then, at a flush or
 the end, silence up to a whole token plus 17 tokens (delay + 1 + 10) so the delayed last words come out. Step s

@@ -1,7 +1,7 @@
 """Tekken tokenizer, decode side only: model ids -> text, for whole sequences and token by token.
 
 Speech-to-text only needs decoding, so this reads tekken.json directly instead of pulling in tiktoken or
-mistral-common. The rule (reference.md §6): ids below `n_special` are control tokens (BOS, EOS, [STREAMING_PAD],
+mistral-common. The rule (docs/spec.md §6): ids below `n_special` are control tokens (BOS, EOS, [STREAMING_PAD],
 [STREAMING_WORD], ...) and never produce text; every other id maps to the raw bytes of `vocab[id - n_special]`.
 Tokens are byte-level, so one UTF-8 character may span several tokens; the streaming detokenizer keeps an
 incremental UTF-8 decoder so that only whole characters are emitted.
