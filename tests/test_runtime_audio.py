@@ -147,6 +147,29 @@ def test_wav_errors(tmp_path):
         read_wav(tmp_path / "fempty.wav")
 
 
+@pytest.mark.parametrize("tag, bits, message", [(3, 0, "0-bit float"), (3, 16, "16-bit float"), (1, 40, "40-bit PCM"),
+                                                (1, 12, "12-bit PCM")])
+def test_odd_sample_widths_are_refused_by_both_readers(tmp_path, tag, bits, message):
+    """One reader (voxtral_client.wav) behind the runtime and the client: the same file, the same clear error."""
+    from voxtral_client.audio import read_wav as client_read_wav
+
+    _write_riff(tmp_path / "odd.wav", tag, 1, 16000, bits, b"\x00" * 64)
+    for reader in (read_wav, client_read_wav):
+        with pytest.raises(AudioError, match=f"odd.wav: unsupported format .*{message}"):
+            reader(tmp_path / "odd.wav")
+
+
+def test_the_client_and_the_runtime_read_a_wav_to_the_same_samples(tmp_path):
+    from voxtral_client.audio import read_wav as client_read_wav
+
+    x = (_sine(300, 22050, 0.2)[:, None] * np.array([[1.0, 0.5]])).astype("<f4")
+    _write_riff(tmp_path / "s.wav", 3, 2, 22050, 32, x.tobytes(), extensible=True)
+    samples, rate = read_wav(tmp_path / "s.wav")
+    sent = client_read_wav(tmp_path / "s.wav")
+    assert rate == sent.sample_rate == 22050
+    np.testing.assert_array_equal(np.frombuffer(sent.data, "<f4"), to_mono(samples))
+
+
 def test_write_wav_clips(tmp_path):
     write_wav(tmp_path / "c.wav", np.array([2.0, -2.0, 0.5], np.float32), 16000)
     samples, _ = read_wav(tmp_path / "c.wav")

@@ -1,7 +1,7 @@
 """Audio for the client: WAV files and the microphone as chunks of little-endian bytes, ready to send.
 
 The client does no resampling (the server resamples to the model's 16 kHz): a WAV file is sent at its own sample
-rate, downmixed to mono. 16-bit PCM files are sent as PCM16LE unchanged; every other format as F32LE. The
+rate (read by `wav.py`, the reader the runtime shares), downmixed to mono. 16-bit PCM files are sent as PCM16LE unchanged; every other format as F32LE. The
 microphone is captured at 16 kHz mono float32 when the device allows it (otherwise at its default rate).
 
 `sounddevice` needs the PortAudio C library, so it is imported only when the microphone is used.
@@ -10,37 +10,27 @@ microphone is captured at 16 kHz mono float32 when the device allows it (otherwi
 from __future__ import annotations
 
 import queue
-import struct
 import threading
 import time
-import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .wav import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, open_wav  # noqa: F401  (re-exported)
+
 PCM16LE = "pcm16le"
 F32LE = "f32le"
 SAMPLE_BYTES = {PCM16LE: 2, F32LE: 4}
 
 MIC_SAMPLE_RATE = 16000  # the model's rate: nothing to resample on the server
-# Sample rates the server accepts (ModelDescription.min/max_sample_rate_hz); files outside are refused up front.
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
 DEFAULT_CHUNK_MS = 80  # one model step
-
-WAVE_FORMAT_PCM = 0x0001
-WAVE_FORMAT_IEEE_FLOAT = 0x0003
-WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 PORTAUDIO_HINT = (
     "PortAudio library not found (the microphone needs it): install it, e.g. `sudo apt install libportaudio2` "
     "on Debian/Ubuntu or `brew install portaudio` on macOS"
 )
-
-
-class AudioError(ValueError):
-    """A WAV file that cannot be read."""
 
 
 class MicrophoneError(RuntimeError):
@@ -69,87 +59,15 @@ class WavAudio:
         return self.num_samples / self.sample_rate
 
 
-def _to_mono_float(data: bytes, width: int, channels: int, is_float: bool, where: str) -> np.ndarray:
-    """Interleaved little-endian samples -> float32 mono in [-1, 1]."""
-    frame = width * channels
-    data = data[: len(data) - len(data) % frame]
-    if is_float:
-        if width not in (4, 8):
-            raise AudioError(f"{where}: unsupported float sample width {8 * width} bits")
-        x = np.frombuffer(data, "<f4" if width == 4 else "<f8").astype(np.float32)
-    elif width == 1:  # 8-bit WAV is unsigned
-        x = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 2:
-        x = np.frombuffer(data, "<i2").astype(np.float32) / 2.0**15
-    elif width == 3:  # the 3 bytes go to the top of an int32, keeping the sign
-        raw = np.frombuffer(data, np.uint8).reshape(-1, 3)
-        padded = np.zeros((raw.shape[0], 4), np.uint8)
-        padded[:, 1:] = raw
-        x = (padded.view("<i4").reshape(-1).astype(np.float64) / 2.0**31).astype(np.float32)
-    elif width == 4:
-        x = (np.frombuffer(data, "<i4").astype(np.float64) / 2.0**31).astype(np.float32)
-    else:
-        raise AudioError(f"{where}: unsupported PCM sample width {8 * width} bits")
-    return x.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-
-
-def _read_riff(path: Path) -> tuple[bytes, int, int, int, bool]:
-    """Float and WAVE_FORMAT_EXTENSIBLE files, which the stdlib `wave` of Python 3.11 rejects.
-
-    Returns (data, sample_width, channels, sample_rate, is_float).
-    """
-    blob = path.read_bytes()
-    if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
-        raise AudioError(f"{path}: not a RIFF/WAVE file")
-    fmt = data = None
-    pos = 12
-    while pos + 8 <= len(blob):
-        cid, size = blob[pos : pos + 4], struct.unpack("<I", blob[pos + 4 : pos + 8])[0]
-        body = blob[pos + 8 : pos + 8 + size]
-        if cid == b"fmt ":
-            fmt = body
-        elif cid == b"data":
-            data = body
-        pos += 8 + size + (size & 1)
-    if fmt is None or data is None or len(fmt) < 16:
-        raise AudioError(f"{path}: missing fmt or data chunk")
-    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
-    if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
-        tag = struct.unpack("<H", fmt[24:26])[0]  # first two bytes of the SubFormat GUID
-    if tag not in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT):
-        raise AudioError(f"{path}: unsupported WAV format tag {tag:#06x} (convert to PCM, e.g. with ffmpeg)")
-    if channels < 1 or rate < 1 or bits % 8:
-        raise AudioError(f"{path}: malformed fmt chunk ({channels} channels, {rate} Hz, {bits} bits)")
-    return data, bits // 8, channels, rate, tag == WAVE_FORMAT_IEEE_FLOAT
-
-
 def read_wav(path: str | Path) -> WavAudio:
     """Read a WAV file as mono bytes at its own sample rate: 16-bit PCM as PCM16LE, anything else as F32LE."""
-    path = Path(path)
-    try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            data = w.readframes(w.getnframes())
-        is_float = False
-    except wave.Error:
-        data, width, channels, rate, is_float = _read_riff(path)
-    except (EOFError, struct.error) as e:
-        raise AudioError(f"{path}: truncated or malformed WAV file ({e or type(e).__name__})") from e
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{path}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
-    if width < 1 or channels < 1:
-        raise AudioError(f"{path}: malformed format ({channels} channels of {8 * width} bits)")
-    if len(data) < width * channels:
-        raise AudioError(f"{path}: no audio samples")
-    if width == 2 and not is_float:
-        frames = np.frombuffer(data[: len(data) - len(data) % (2 * channels)], "<i2").reshape(-1, channels)
-        if channels > 1:
-            mono = np.round(frames.mean(axis=1)).astype("<i2")
-        else:
-            mono = frames[:, 0]
-        return WavAudio(mono.astype("<i2").tobytes(), rate, PCM16LE)
-    mono = _to_mono_float(data, width, channels, is_float, str(path))
-    return WavAudio(mono.astype("<f4").tobytes(), rate, F32LE)
+    wav = open_wav(path)
+    if wav.sample_width == 2 and not wav.is_float:
+        frames = np.frombuffer(wav.data, "<i2").reshape(-1, wav.channels)
+        mono = frames[:, 0] if wav.channels == 1 else np.round(frames.mean(axis=1)).astype("<i2")
+        return WavAudio(mono.astype("<i2").tobytes(), wav.sample_rate, PCM16LE)
+    mono = wav.samples().mean(axis=1, dtype=np.float32)
+    return WavAudio(mono.astype("<f4").tobytes(), wav.sample_rate, F32LE)
 
 
 def chunk_samples(sample_rate: int, chunk_ms: float) -> int:

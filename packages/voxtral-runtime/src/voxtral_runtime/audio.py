@@ -1,27 +1,24 @@
 """Audio in: WAV files and raw PCM bytes to float32 mono at the model's 16 kHz.
 
-The model hears 16 kHz mono float32 (reference.md §5). Users bring WAVs at any rate, in integer or float formats,
+The model hears 16 kHz mono float32 (docs/spec.md §5). Users bring WAVs at any rate, in integer or float formats,
 and gRPC clients send PCM16LE or F32LE chunks of any size at any rate, so this module reads and checks all of those
 and resamples with soxr (high quality, and with a streaming mode whose chunked output equals its one-shot output).
-The stdlib `wave` module reads integer PCM only; float and WAVE_FORMAT_EXTENSIBLE files are parsed here directly.
+WAV files are parsed by the client's `voxtral_client.wav` (one reader for both packages; AudioError is its
+error type, so a bad file reads the same on either side).
 """
 
 from __future__ import annotations
 
-import struct
 import wave
 from pathlib import Path
 
 import numpy as np
 import soxr
-from voxtral_client.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from voxtral_client.wav import AudioError, open_wav
 
 SAMPLE_RATE = 16000
 RESAMPLE_QUALITY = "HQ"
 
-WAVE_FORMAT_PCM = 0x0001
-WAVE_FORMAT_IEEE_FLOAT = 0x0003
-WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 INT16_SCALE = 32768.0
 # Float samples are nominally in [-1, 1]. Values a little beyond (a float WAV's overs, a resampler's ringing) are
 # clipped to it; values beyond MAX_FLOAT_MAGNITUDE are refused: no real recording is 18 dB over full scale, so they
@@ -29,90 +26,13 @@ INT16_SCALE = 32768.0
 MAX_FLOAT_MAGNITUDE = 8.0
 
 
-class AudioError(ValueError):
-    """Audio that cannot be read or is malformed."""
-
-
-def _decode_samples(data: bytes, sample_width: int, channels: int, is_float: bool, where: str) -> np.ndarray:
-    """Interleaved little-endian samples -> float32 (frames, channels) in [-1, 1]."""
-    frame_bytes = sample_width * channels
-    data = data[: len(data) - len(data) % frame_bytes]  # drop a trailing partial frame
-    if is_float:
-        if sample_width not in (4, 8):
-            raise AudioError(f"{where}: unsupported float sample width {8 * sample_width} bits")
-        x = np.frombuffer(data, "<f4" if sample_width == 4 else "<f8")
-        x = check_float_range(x, where, clip=False)
-    elif sample_width == 1:  # 8-bit WAV is unsigned
-        x = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif sample_width == 2:
-        x = np.frombuffer(data, "<i2").astype(np.float32) / 2.0**15
-    elif sample_width == 3:  # place the 3 bytes in the top of an int32, keeping the sign
-        raw = np.frombuffer(data, np.uint8).reshape(-1, 3)
-        padded = np.zeros((raw.shape[0], 4), np.uint8)
-        padded[:, 1:] = raw
-        x = padded.view("<i4").reshape(-1).astype(np.float32) / 2.0**31
-    elif sample_width == 4:
-        x = (np.frombuffer(data, "<i4").astype(np.float64) / 2.0**31).astype(np.float32)
-    else:
-        raise AudioError(f"{where}: unsupported PCM sample width {8 * sample_width} bits")
-    return x.reshape(-1, channels)
-
-
-def _read_with_wave(path: Path) -> tuple[np.ndarray, int]:
-    """Integer PCM WAV via the stdlib; raises wave.Error for formats it does not know."""
-    with wave.open(str(path), "rb") as w:
-        channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-        data = w.readframes(w.getnframes())
-    return _decode_samples(data, width, channels, False, str(path)), rate
-
-
-def _read_riff(path: Path) -> tuple[np.ndarray, int]:
-    """Any PCM/float WAV, including WAVE_FORMAT_EXTENSIBLE, by walking the RIFF chunks."""
-    where = str(path)
-    blob = path.read_bytes()
-    fmt, data, pos = None, None, 12
-    while pos + 8 <= len(blob) and (fmt is None or data is None):
-        chunk_id, size = blob[pos:pos + 4], struct.unpack_from("<I", blob, pos + 4)[0]
-        body = blob[pos + 8:pos + 8 + size]  # a streamed writer may leave the size too large: take what is there
-        if chunk_id == b"fmt ":
-            fmt = body
-        elif chunk_id == b"data":
-            data = body
-        pos += 8 + size + (size & 1)  # chunks are padded to an even size
-    if fmt is None or len(fmt) < 16:
-        raise AudioError(f"{where}: missing or short 'fmt ' chunk")
-    if data is None:
-        raise AudioError(f"{where}: missing 'data' chunk")
-    tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", fmt)
-    if tag == WAVE_FORMAT_EXTENSIBLE:
-        if len(fmt) < 40:
-            raise AudioError(f"{where}: WAVE_FORMAT_EXTENSIBLE 'fmt ' chunk is too short")
-        tag = struct.unpack_from("<H", fmt, 24)[0]  # first two bytes of the SubFormat GUID
-    if tag not in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT):
-        raise AudioError(f"{where}: unsupported WAV format tag 0x{tag:04x} (only PCM and IEEE float are read)")
-    if channels < 1 or rate < 1 or bits % 8 or bits == 0:
-        raise AudioError(f"{where}: invalid format ({channels} channels, {rate} Hz, {bits} bits)")
-    return _decode_samples(data, bits // 8, channels, tag == WAVE_FORMAT_IEEE_FLOAT, where), rate
-
-
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """WAV file -> (float32 samples of shape (frames, channels), sample rate)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        header = f.read(12)
-    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-        raise AudioError(f"{path}: not a RIFF/WAVE file")
-    try:
-        samples, rate = _read_with_wave(path)
-    except (wave.Error, EOFError):  # float or extensible formats, or a layout the stdlib rejects
-        samples, rate = _read_riff(path)
-    if samples.shape[0] == 0:
-        raise AudioError(f"{path}: no audio samples")
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{path}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
-    return samples, rate
+    """WAV file -> (float32 samples of shape (frames, channels), sample rate); float samples range-checked."""
+    wav = open_wav(path)
+    samples = wav.samples()
+    if wav.is_float:
+        samples = check_float_range(samples, str(path), clip=False)
+    return samples, wav.sample_rate
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import uuid
 
 import grpc
 import numpy as np
-from voxtral_client.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from voxtral_client.wav import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from voxtral_client.proto import realtime_pb2 as pb
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 
