@@ -1,11 +1,12 @@
-"""Handing the memory freed by each quantized layer back to the system during a full-size export.
+"""Handing the memory an export frees back to the system, so a full-size export fits a laptop.
 
 glibc serves a large allocation with its own mmap and raises that threshold (up to 32 MiB) each time such a block is
-freed, so after the first few layers the 26 MiB fp32 temporaries of quantization come from its heap and stay there
-when freed: measured at full size, 5.75 GiB resident for 0.84 GB of quantized encoder weights. `malloc_trim` after
-each layer returns the heap's free pages; within a layer the heap is still reused (fixing the threshold low instead,
-every temporary gets a fresh zero-filled mapping: 18.9 against 17.3 s per full-size decoder layer, one run of four
-layers each). Other C libraries manage memory their own way and are left alone.
+freed, so after the first few layers the 26 MiB fp32 temporaries of quantization, and later the lowering's buffers,
+come from its heap and stay there when freed (measured at full size: 5.75 GiB resident for 0.84 GB of quantized
+encoder weights). Two measures, both needed: the threshold is fixed at 1 MiB, so every large block is unmapped when
+freed, and `malloc_trim` after each quantized unit returns the heap's free pages. With the trim alone the full-size
+streaming export peaked at 17.5 GiB; with both at 13.6 GiB, for about 9 % more quantization time (every temporary
+gets a fresh zero-filled mapping; benchmarks/export_full.py). Other C libraries are left alone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import platform
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
+MMAP_THRESHOLD_BYTES = 1 << 20
 
 
 @functools.cache
@@ -23,6 +27,12 @@ def _glibc() -> ctypes.CDLL | None:
         return ctypes.CDLL("libc.so.6")
     except OSError:
         return None
+
+
+def return_large_blocks_when_freed() -> bool:
+    """Fixes glibc's mmap threshold for this process (True when it took effect; a no-op elsewhere)."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def release_freed_memory() -> None:

@@ -19,7 +19,7 @@ from voxtral_model.checkpoint import CheckpointError, check_checkpoint, load_mod
 from voxtral_model.config import TOKENIZER_FILE, WEIGHTS_FILE, ConfigError, load_config
 from voxtral_model.model import RuntimeOptions
 
-from .heap import release_freed_memory
+from .heap import release_freed_memory, return_large_blocks_when_freed
 from .lower import lower_to_executorch
 from .metadata import model_metadata, preprocessor_metadata
 from .options import ExportError, ExportOptions, validate_against_config, validate_flags
@@ -59,6 +59,7 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
     progress = progress or Progress()
     config = validate(options)
     _register_runtime_ops()
+    return_large_blocks_when_freed()
     dtype = torch.bfloat16 if options.dtype == "bf16" else torch.float32
     delay = options.delay_tokens or config.delay_tokens
     output_dir = Path(options.output_dir)
