@@ -44,6 +44,7 @@ constexpr int kMaxItemRows = 256;   // rows one work item carries (scores: kMaxI
 constexpr int kTileRows = 16;       // rows per item when the rows are split by KV head
 constexpr int kMaxHeadDim = 256;
 constexpr int kValueSlots = 4;      // slots per pass of the values loop
+constexpr int kLineFloats = 16;     // floats per 64-byte cache line (the prefetch stride)
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
 // Unaligned 8-float loads and stores (the cache rows are only float-aligned).
@@ -134,6 +135,31 @@ inline float score_one(const float* q, const float* key, int chunks) {
   return sum8(a);
 }
 
+// Scores of a group's `count` rows (1 to 4, sharing one KV head) against `slots` slots from t (a multiple of 8 when
+// count is 1 or 3, of 8 / count otherwise).
+inline void score_group(const Row* rows, int count, const float* keys, int64_t kv_stride, int chunks, float scale,
+                        float (*p)[kBlockSlots], int t, int slots) {
+  switch (count) {
+    case 4:
+      for (int j = 0; j < slots; j += 2) {
+        score_rows<4>(rows, keys + j * kv_stride, kv_stride, chunks, scale, p, t + j);
+      }
+      break;
+    case 2:
+      for (int j = 0; j < slots; j += 4) {
+        score_rows<2>(rows, keys + j * kv_stride, kv_stride, chunks, scale, p, t + j);
+      }
+      break;
+    case 1:
+      for (int j = 0; j < slots; j += 8) score_rows<1>(rows, keys + j * kv_stride, kv_stride, chunks, scale, p, t + j);
+      break;
+    default:
+      for (int r = 0; r < count; ++r) {
+        for (int j = 0; j < slots; ++j) p[r][t + j] = score_one(rows[r].q, keys + j * kv_stride, chunks) * scale;
+      }
+  }
+}
+
 // acc[r] += sum_t p[r][t0 + t] v[t] over nt (<= kValueSlots) slots, for `R` rows sharing one KV head: 16 lanes of
 // head_dim at a time in registers. Few slots per pass keep their rows (a KV stride apart, so in one L1 set) cached.
 template <int R>
@@ -190,15 +216,20 @@ void attend(const Shapes& s, const Row* rows, int n, const float* k, const float
     i = j;
   }
   group_start[n_groups] = n;
+  // Slots per scoring pass: as few as one call of score_rows covers when every group has the same size.
+  int step = 8;
+  if (n_groups > 0) {
+    const int count = group_start[1] - group_start[0];
+    bool same = count != 3;
+    for (int g = 1; g < n_groups && same; ++g) same = group_start[g + 1] - group_start[g] == count;
+    if (same) step = 8 / count;
+  }
   for (int i = 0; i < n; ++i) {
     acc_row[i] = acc + i * D;
     std::memset(acc_row[i], 0, sizeof(float) * D);
     row_max[i] = kMinusInf;
     row_sum[i] = 0.0f;
   }
-  // The span of a slot this item's rows read, prefetched for the values pass while the keys are scored.
-  const int64_t span0 = rows[0].kv, span1 = rows[n - 1].kv + D;
-
   for (int64_t b = slot0; b < slot1; b += kBlockSlots) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlockSlots, slot1 - b));
     bool any_visible = false;
@@ -215,27 +246,30 @@ void attend(const Shapes& s, const Row* rows, int n, const float* k, const float
     }
     if (!any_visible) continue;  // an unfilled ring, or slots outside every row's window
 
-    for (int t = 0; t < nb; ++t) {
-      // The values this block will need, requested while the keys are scored.
-      const float* values = v + (b + t) * kv_stride;
-      for (int64_t off = span0; off < span1; off += 16) __builtin_prefetch(values + off);
-    }
-    for (int g = 0; g < n_groups; ++g) {
-      const int i = group_start[g], count = group_start[g + 1] - i;
-      const float* keys = k + b * kv_stride + rows[i].kv;
-      float(*pg)[kBlockSlots] = p + i;
-      int t = 0;
-      if (count == 4) {
-        for (; t + 2 <= nb; t += 2) score_rows<4>(rows + i, keys + t * kv_stride, kv_stride, chunks, scale, pg, t);
-      } else if (count == 2) {
-        for (; t + 4 <= nb; t += 4) score_rows<2>(rows + i, keys + t * kv_stride, kv_stride, chunks, scale, pg, t);
-      } else if (count == 1) {
-        for (; t + 8 <= nb; t += 8) score_rows<1>(rows + i, keys + t * kv_stride, kv_stride, chunks, scale, pg, t);
-      }
-      for (int r = 0; r < count; ++r) {
-        for (int tt = (count == 3 ? 0 : t); tt < nb; ++tt) {
-          pg[r][tt] = score_one(rows[i + r].q, keys + tt * kv_stride, chunks) * scale;
+    // Keys scored slot-major, `step` slots at a time for every group; meanwhile the next block's keys and values are
+    // requested in the order this loop will read them. The hardware prefetchers cannot follow a KV head's slots (a
+    // slot stride apart), and without this the kernel mostly waits on memory (docs/runtime.md, "Ring attention").
+    const bool next_block = b + 2 * kBlockSlots <= slot1;
+    int t = 0;
+    for (; t + step <= nb; t += step) {
+      for (int g = 0; g < n_groups; ++g) {
+        const int i = group_start[g];
+        const float* keys = k + (b + t) * kv_stride + rows[i].kv;
+        if (next_block) {
+          const int64_t ahead = kBlockSlots * kv_stride;
+          for (int j = 0; j < step; ++j) {
+            for (int64_t off = 0; off < D; off += kLineFloats) {
+              __builtin_prefetch(keys + ahead + j * kv_stride + off);
+              __builtin_prefetch(v + (keys - k) + ahead + j * kv_stride + off);
+            }
+          }
         }
+        score_group(rows + i, group_start[g + 1] - i, keys, kv_stride, chunks, scale, p + i, t, step);
+      }
+    }
+    for (int i = 0; i < n; ++i) {
+      for (int tt = t; tt < nb; ++tt) {
+        p[i][tt] = score_one(rows[i].q, k + (b + tt) * kv_stride + rows[i].kv, chunks) * scale;
       }
     }
 
