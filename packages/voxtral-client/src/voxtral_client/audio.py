@@ -1,8 +1,9 @@
 """Audio for the client: WAV files and the microphone as chunks of little-endian bytes, ready to send.
 
-The client does no resampling (the server resamples to the model's 16 kHz): a WAV file is sent at its own sample
-rate (read by `wav.py`, the reader the runtime shares), downmixed to mono. 16-bit PCM files are sent as PCM16LE unchanged; every other format as F32LE. The
-microphone is captured at 16 kHz mono float32 when the device allows it (otherwise at its default rate).
+The client does no resampling (the server resamples to the model's 16 kHz): a WAV file (read by `wav.py`, the
+reader the runtime shares) is sent at its own sample rate, downmixed to mono. 16-bit PCM files are sent as PCM16LE
+unchanged; every other format as F32LE. The microphone is captured at 16 kHz mono float32 when the device allows
+it (otherwise at its default rate).
 
 `sounddevice` needs the PortAudio C library, so it is imported only when the microphone is used.
 """
@@ -65,7 +66,7 @@ def read_wav(path: str | Path) -> WavAudio:
     if wav.sample_width == 2 and not wav.is_float:
         frames = np.frombuffer(wav.data, "<i2").reshape(-1, wav.channels)
         mono = frames[:, 0] if wav.channels == 1 else np.round(frames.mean(axis=1)).astype("<i2")
-        return WavAudio(mono.astype("<i2").tobytes(), wav.sample_rate, PCM16LE)
+        return WavAudio(mono.tobytes(), wav.sample_rate, PCM16LE)
     mono = wav.samples().mean(axis=1, dtype=np.float32)
     return WavAudio(mono.astype("<f4").tobytes(), wav.sample_rate, F32LE)
 

@@ -37,10 +37,6 @@ class WavFile:
     sample_width: int  # bytes per sample
     is_float: bool
 
-    @property
-    def frames(self) -> int:
-        return len(self.data) // (self.sample_width * self.channels)
-
     def samples(self) -> np.ndarray:
         """float32 (frames, channels); integer PCM scaled to [-1, 1), float samples as stored."""
         data, width = self.data, self.sample_width

@@ -216,7 +216,7 @@ void attend(const Shapes& s, const Row* rows, int n, const float* k, const float
     i = j;
   }
   group_start[n_groups] = n;
-  // Slots per scoring pass: as few as one call of score_rows covers when every group has the same size.
+  // Slots per scoring pass: the slots one score_rows call covers (8 / group size) when all groups have one size.
   int step = 8;
   if (n_groups > 0) {
     const int count = group_start[1] - group_start[0];
@@ -248,23 +248,23 @@ void attend(const Shapes& s, const Row* rows, int n, const float* k, const float
 
     // Keys scored slot-major, `step` slots at a time for every group; meanwhile the next block's keys and values are
     // requested in the order this loop will read them. The hardware prefetchers cannot follow a KV head's slots (a
-    // slot stride apart), and without this the kernel mostly waits on memory (docs/runtime.md, "Ring attention").
+    // slot stride apart), and without this the kernel mostly waits on memory (docs/runtime.md, "Where the time goes").
     const bool next_block = b + 2 * kBlockSlots <= slot1;
     int t = 0;
     for (; t + step <= nb; t += step) {
       for (int g = 0; g < n_groups; ++g) {
         const int i = group_start[g];
-        const float* keys = k + (b + t) * kv_stride + rows[i].kv;
+        const int64_t at = (b + t) * kv_stride + rows[i].kv;  // this group's key (and value) of slot b + t
         if (next_block) {
-          const int64_t ahead = kBlockSlots * kv_stride;
           for (int j = 0; j < step; ++j) {
+            const int64_t ahead = at + (kBlockSlots + j) * kv_stride;  // the same head, one block later
             for (int64_t off = 0; off < D; off += kLineFloats) {
-              __builtin_prefetch(keys + ahead + j * kv_stride + off);
-              __builtin_prefetch(v + (keys - k) + ahead + j * kv_stride + off);
+              __builtin_prefetch(k + ahead + off);
+              __builtin_prefetch(v + ahead + off);
             }
           }
         }
-        score_group(rows + i, group_start[g + 1] - i, keys, kv_stride, chunks, scale, p + i, t, step);
+        score_group(rows + i, group_start[g + 1] - i, k + at, kv_stride, chunks, scale, p + i, t, step);
       }
     }
     for (int i = 0; i < n; ++i) {
