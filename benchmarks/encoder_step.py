@@ -44,7 +44,8 @@ def export_encoder(checkpoint: Path, group_size: int, path: Path) -> None:
     from torchao.quantization.quant_api import quantize_
 
     from voxtral_export.lower import lower_to_executorch
-    from voxtral_export.programs import ENCODE_AUDIO_CHUNK, export_streaming_encoder
+    from voxtral_export.programs import export_streaming_encoder
+    from voxtral_format.pte import ENCODE_AUDIO_CHUNK
     from voxtral_export.quantize import linear_config
     from voxtral_model.attention import require_custom_ops
     from voxtral_model.config import load_config

@@ -40,14 +40,14 @@ def measure(bundle: Path, sessions: int, share_weights: bool) -> list[tuple[str,
     rows = [("runtime imported", memory_gib())]
     engine = Engine(BundlePaths.resolve(bundle), share_weights=share_weights)
     meta = engine.spec.meta
-    chunk = np.zeros(meta["step_samples"] * (10 if meta["streaming"] else 25), dtype=np.float32)
+    chunk = np.zeros(meta.step_samples * (10 if meta.streaming else 25), dtype=np.float32)
     kept = []
     for i in range(sessions):
         started = time.monotonic()
         instance = engine.instance()
         session = engine.session(instance)
         session.feed(chunk)
-        if not meta["streaming"]:
+        if not meta.streaming:
             session.flush()
         kept.append((instance, session))
         rows.append((f"{i + 1} session(s), {time.monotonic() - started:.1f} s to load and step", memory_gib()))

@@ -81,10 +81,10 @@ def part_bytes(params: dict, meta: dict, options: dict) -> dict[str, float]:
     dec_layer = sum(linear_bytes(o, i, d_scheme, d_group) for o, i in (
         (q_width, dim), (kv_width, dim), (kv_width, dim), (dim, q_width),
         (hidden, dim), (hidden, dim), (dim, hidden)))
-    dec_kv = 4 * 2 * params["n_layers"] * ring_slots(meta["sliding_window"]) * kv_width
+    dec_kv = 4 * 2 * params["n_layers"] * ring_slots(meta.sliding_window) * kv_width
     return {
         **encoder_part_bytes(params, options["qlinear_encoder"], options["qlinear_encoder_group_size"],
-                             meta["max_enc_len"]),
+                             meta.max_enc_len),
         "decoder layer linears": params["n_layers"] * dec_layer,
         "output head": linear_bytes(params["vocab_size"], dim, d_scheme, d_group),
         "decoder attention": dec_kv,
@@ -244,7 +244,7 @@ def session_step(engine, steps: int) -> tuple[float, float]:
         return out
 
     instance.run = timed_run
-    chunk = (np.random.default_rng(0).standard_normal(meta["step_samples"]) * 0.05).astype(np.float32)
+    chunk = (np.random.default_rng(0).standard_normal(meta.step_samples) * 0.05).astype(np.float32)
     for _ in range(10):  # the leading silence and the prompt prefill (at step 38, 0.56 s into the audio)
         session.feed(chunk)
     times, in_methods = [], []
@@ -262,8 +262,8 @@ def batched_encoder_step(engine, steps: int) -> float:
     """Seconds per 80 ms step of the encoder when queued audio is encoded max_encoder_steps steps per call."""
     instance = engine.instance()
     meta = engine.spec.meta
-    k = meta["max_encoder_steps"]
-    mel = torch.randn(1, meta["num_mel_bins"], 8 * k)
+    k = meta.max_encoder_steps
+    mel = torch.randn(1, meta.num_mel_bins, 8 * k)
     calls = [0]
 
     def call():
@@ -288,9 +288,8 @@ def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float, prepare: 
     session = engine.session(instance)
     session.max_encoder_steps = steps_per_call
     rng = np.random.default_rng(1)
-    prompt_steps = meta["n_left_pad_tokens"] + meta["delay_tokens"] + 1  # the first token comes at the last of these
-    first = prompt_steps * meta["step_samples"] + meta["stream_lookahead"] - meta["n_left_pad_tokens"] * meta[
-        "step_samples"]
+    prompt_steps = meta.n_left_pad_tokens + meta.delay_tokens + 1  # the first token comes at the last of these
+    first = prompt_steps * meta.step_samples + meta.stream_lookahead - meta.n_left_pad_tokens * meta.step_samples
     t = time.perf_counter()
     if prepare:
         session.prepare()
@@ -299,7 +298,7 @@ def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float, prepare: 
     session.feed((rng.standard_normal(first) * 0.05).astype(np.float32))
     to_first_token = time.perf_counter() - t
     assert session.sampled == 1, session.sampled
-    more = (rng.standard_normal(int(catch_up_s * meta["sample_rate"])) * 0.05).astype(np.float32)
+    more = (rng.standard_normal(int(catch_up_s * meta.sample_rate)) * 0.05).astype(np.float32)
     t = time.perf_counter()
     session.feed(more)
     throughput = catch_up_s / (time.perf_counter() - t)
@@ -319,11 +318,11 @@ def one_run(args, engine) -> dict[str, float]:
     row.update(in_child(args, "profile", 1))
     row["session step"], row["in method calls"] = session_step(engine, args.steps)
     row["encoder step, 16 per call"] = batched_encoder_step(engine, args.steps)
-    for k in (1, engine.spec.meta["max_encoder_steps"]):
+    for k in (1, engine.spec.meta.max_encoder_steps):
         _, row[f"first token, {k} per call"], row[f"catch-up, {k} per call"] = start_and_catch_up(
             engine, k, args.catch_up_s)
     row["prepare"], row["first token after prepare"], _ = start_and_catch_up(
-        engine, engine.spec.meta["max_encoder_steps"], args.catch_up_s, prepare=True)
+        engine, engine.spec.meta.max_encoder_steps, args.catch_up_s, prepare=True)
     if before is not None:
         after = cpu_times()
         total = after[0] - before[0]
@@ -344,8 +343,8 @@ def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> N
     col["steady-state step"] = [e + d + s - m for e, d, s, m in zip(
         col["encoder step"], col["decoder step"], col["session step"], col["in method calls"])]
     read = statistics.median(col["read bandwidth"])
-    print(f"\nbundle {args.bundle} ({meta['quantization']}, {meta['backend']}, decoder window "
-          f"{meta['sliding_window']}, encoder window {meta['max_enc_len']}); {len(runs)} runs, {args.steps} steps each")
+    print(f"\nbundle {args.bundle} ({meta.quantization}, {meta.backend}, decoder window "
+          f"{meta.sliding_window}, encoder window {meta.max_enc_len}); {len(runs)} runs, {args.steps} steps each")
     print(f"read bandwidth   {spread(col['read bandwidth'], 1e-9, '.1f')} GB/s (1 GiB reduction, all cores)")
     print(f"copy bandwidth   {spread(col['copy bandwidth'], 1e-9, '.1f')} GB/s (read + written)")
     if "idle share" in col:
@@ -377,7 +376,7 @@ def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> N
     print(f"real-time factor, steady state {whole / STEP_S:.2f} ({'faster' if whole < STEP_S else 'slower'} than real "
           f"time); encoder 16 steps per call: {statistics.median(per_step) / statistics.median(col['encoder step']):.2f}x"
           f" the cost per step of one step per call")
-    k = meta["max_encoder_steps"]
+    k = meta.max_encoder_steps
     print(f"\n{'':28s} {'1 encoder step per call':>26s} {f'{k} per call':>26s} {'ratio':>7s}")
     for what, unit, scale in (("first token", "s", 1), ("catch-up", "x real time", 1)):
         one, many = col[f"{what}, 1 per call"], col[f"{what}, {k} per call"]
@@ -419,7 +418,7 @@ def main() -> int:
 
     engine = Engine(BundlePaths.resolve(args.bundle))
     meta = engine.spec.meta
-    if not meta["streaming"]:
+    if not meta.streaming:
         print("error: the bundle is not a streaming export", file=sys.stderr)
         return 2
     params = json.loads((args.checkpoint / "params.json").read_text())

@@ -39,18 +39,18 @@ def speechlike_wav(path: Path, seconds: float = 6.0) -> None:
 
 
 def bundle_is_current(bundle: Path) -> bool:
-    """A cached bundle is reused only while its .pte contract version is the one this checkout writes."""
-    from voxtral_export.metadata import PTE_FORMAT_VERSION
-    from voxtral_export.pipeline import MODEL_FILE
+    """A cached bundle is reused only while its metadata is what this checkout's .pte contract writes: the same
+    format version, and every key the contract has."""
+    from voxtral_format.pte import FORMAT_VERSION, MODEL_FILE, MetadataError, ModelMetadata
     from voxtral_runtime.programs import ProgramError, read_manifest
 
     if not (bundle / MODEL_FILE).exists():
         return False
     try:
-        metadata = read_manifest(bundle).get("metadata", {})
-    except ProgramError:
+        metadata = ModelMetadata.from_constants(read_manifest(bundle).get("metadata", {}))
+    except (ProgramError, MetadataError):
         return False
-    return metadata.get("pte_format_version") == PTE_FORMAT_VERSION
+    return metadata.pte_format_version == FORMAT_VERSION
 
 
 def build(progress: bool) -> Path:

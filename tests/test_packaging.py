@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["voxtral-model", "voxtral-export", "voxtral-runtime", "voxtral-client"]
+PACKAGES = ["voxtral-format", "voxtral-model", "voxtral-export", "voxtral-runtime", "voxtral-client"]
 
 pytestmark = pytest.mark.slow
 

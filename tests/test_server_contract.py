@@ -60,7 +60,7 @@ def test_max_new_tokens_ends_the_call_with_ok(streaming):
 def test_model_eos_mid_stream_ends_a_segment_and_the_session_goes_on(streaming, monkeypatch):
     """The tiny random model never chooses EOS by itself: its sampler is made to, on the 5th token."""
     engine = streaming.engine
-    eos = engine.spec.meta["eos_id"]
+    eos = engine.spec.meta.eos_id
     make_session = engine.session
 
     def session_with_eos(*args, **kwargs):

@@ -44,7 +44,7 @@ for i in range(int(sys.argv[3])):
     before = private_bytes()
     instance = engine.instance()
     session = engine.session(instance)
-    session.feed(np.zeros(engine.spec.meta["step_samples"] * 4, dtype=np.float32))
+    session.feed(np.zeros(engine.spec.meta.step_samples * 4, dtype=np.float32))
     kept.append((instance, session))
     added.append(private_bytes() - before)
 print("ADDED", *added[1:])

@@ -1,6 +1,7 @@
 """Constant methods of the exported programs: every fact the runtime needs, so it never needs the model's code.
 
-The names and meanings are the contract in docs/pte.md; bump PTE_FORMAT_VERSION when they change incompatibly.
+The keys and their types are voxtral_format.pte's (explained in docs/pte.md); this module only fills them in from
+the model's config and the export options. Bump voxtral_format.pte.FORMAT_VERSION when they change incompatibly.
 """
 
 from __future__ import annotations
@@ -10,23 +11,20 @@ from voxtral_model.encoder import CONV1_LEFT_PAD, CONV2_LEFT_PAD
 from voxtral_model.mel import LOG_MEL_RANGE, stream_window_left_context, stream_window_samples
 from voxtral_model.ring_attention import RING_ATTENTION_OUT
 
+from voxtral_format.pte import FORMAT, FORMAT_VERSION, ModelMetadata, PreprocessorMetadata
+
 from .options import GROUPED, ExportOptions
 from .programs import encoder_block_mel_frames, max_encoder_steps
 
-PTE_FORMAT = "voxtral-realtime"
-# 2: encode_audio_chunk takes 1..max_encoder_steps steps a call; 3: text_decoder returns the last position's logits;
-# 4: streaming CPU programs call voxtral::ring_attention, a kernel the runtime provides (runtime_operators)
-PTE_FORMAT_VERSION = 4
-
 
 def audio_metadata(config: VoxtralConfig) -> dict:
-    """Framing and mel facts shared by model.pte and preprocessor.pte."""
+    """Framing and mel facts shared by model.pte and preprocessor.pte (voxtral_format.pte.AudioMetadata's)."""
     enc = config.encoder
     window = stream_window_samples(enc, config.mel_frames_per_token)
     left = stream_window_left_context(enc)
     return {
-        "pte_format": PTE_FORMAT,
-        "pte_format_version": PTE_FORMAT_VERSION,
+        "pte_format": FORMAT,
+        "pte_format_version": FORMAT_VERSION,
         "sample_rate": enc.sampling_rate,
         "num_mel_bins": enc.num_mel_bins,
         "hop_length": enc.hop_length,
@@ -42,11 +40,11 @@ def audio_metadata(config: VoxtralConfig) -> dict:
 
 
 def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: int, decoder_window: int,
-                   max_audio_tokens: int) -> dict:
+                   max_audio_tokens: int) -> ModelMetadata:
     enc, dec, tokens = config.encoder, config.decoder, config.tokens
-    return {
+    return ModelMetadata(**{
         **audio_metadata(config),
-        "program": "model",
+        "program": ModelMetadata.PROGRAM,
         "streaming": options.streaming,
         "runtime_operators": runtime_operators(options),
         "backend": options.backend,
@@ -72,7 +70,7 @@ def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: 
         "streaming_pad_id": tokens.streaming_pad,
         "streaming_word_id": tokens.streaming_word,
         "n_special_tokens": tokens.n_special,
-    }
+    })
 
 
 def runtime_operators(options: ExportOptions) -> str:
@@ -81,8 +79,9 @@ def runtime_operators(options: ExportOptions) -> str:
     return RING_ATTENTION_OUT if options.streaming and options.layout == "custom" else ""
 
 
-def preprocessor_metadata(config: VoxtralConfig, max_audio_tokens: int) -> dict:
-    return {**audio_metadata(config), "program": "preprocessor", "max_audio_tokens": max_audio_tokens}
+def preprocessor_metadata(config: VoxtralConfig, max_audio_tokens: int) -> PreprocessorMetadata:
+    return PreprocessorMetadata(**audio_metadata(config), program=PreprocessorMetadata.PROGRAM,
+                                max_audio_tokens=max_audio_tokens)
 
 
 def _quantization_label(options: ExportOptions) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from voxtral_model.checkpoint import CheckpointError, check_checkpoint, load_model_lazily
-from voxtral_model.config import TOKENIZER_FILE, WEIGHTS_FILE, ConfigError, load_config
+from voxtral_format.pte import MANIFEST_FILE, MODEL_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE
+from voxtral_model.config import WEIGHTS_FILE, ConfigError, load_config
 from voxtral_model.model import RuntimeOptions
 
 from .heap import release_freed_memory, return_large_blocks_when_freed
@@ -26,10 +27,6 @@ from .options import ExportError, ExportOptions, validate_against_config, valida
 from .programs import export_model_methods, export_preprocessor_methods, max_audio_tokens
 from .progress import Progress, peak_rss_gib
 from .quantize import quantize_model
-
-MODEL_FILE = "model.pte"
-PREPROCESSOR_FILE = "preprocessor.pte"
-MANIFEST_FILE = "manifest.json"
 
 
 def file_sha256(path: Path) -> str:
@@ -84,7 +81,7 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
             programs = export_model_methods(model, options.streaming, options.max_seq_len, options.max_audio_len)
         metadata = model_metadata(config, options, delay, model.decoder.window, n_audio_tokens)
         with progress.phase(f"lower model.pte to {options.backend}"):
-            (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata,
+            (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata.constants(),
                                                                    progress=lambda m: progress.say(f"  {m}")))
         del programs, model
         release_freed_memory()
@@ -93,7 +90,8 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
             # The mel frontend stays fp32 and is tiny: XNNPACK where available, portable otherwise.
             pre_backend = "portable" if options.backend == "portable" else "xnnpack"
             (staging / PREPROCESSOR_FILE).write_bytes(
-                lower_to_executorch(pre, pre_backend, preprocessor_metadata(config, n_audio_tokens)))
+                lower_to_executorch(pre, pre_backend,
+                                    preprocessor_metadata(config, n_audio_tokens).constants()))
         shutil.copyfile(Path(options.model_path) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
         manifest = {
             "format": "voxtral-realtime-bundle",
@@ -104,7 +102,7 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
             "files": {name: (staging / name).stat().st_size for name in (MODEL_FILE, PREPROCESSOR_FILE,
                                                                           TOKENIZER_FILE)},
             "sha256": {name: file_sha256(staging / name) for name in (MODEL_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE)},
-            "metadata": metadata,
+            "metadata": metadata.constants(),
             "phase_seconds": {k: round(v, 2) for k, v in progress.durations.items()},
             "peak_memory_gib": round(peak_rss_gib(), 2),
         }

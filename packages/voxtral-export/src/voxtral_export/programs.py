@@ -12,18 +12,19 @@ import torch.fx.experimental._config
 from torch import nn
 from torch.export import Dim, ExportedProgram, export
 
+from voxtral_format.pte import (
+    AUDIO_ENCODER,
+    ENCODE_AUDIO_CHUNK,
+    PREPROCESS,
+    PREPROCESS_STREAM,
+    TEXT_DECODER,
+    TOKEN_EMBEDDING,
+)
 from voxtral_model.attention import RING_CHUNK
 from voxtral_model.config import VoxtralConfig
 from voxtral_model.encoder import ENCODER_BLOCK_FRAMES, StreamingEncoder
 from voxtral_model.mel import LogMel, stream_window_samples
 from voxtral_model.model import VoxtralRealtime
-
-AUDIO_ENCODER = "audio_encoder"
-ENCODE_AUDIO_CHUNK = "encode_audio_chunk"
-TEXT_DECODER = "text_decoder"
-TOKEN_EMBEDDING = "token_embedding"
-PREPROCESS = "forward"
-PREPROCESS_STREAM = "stream_window"
 
 
 class AudioEncoderMethod(nn.Module):

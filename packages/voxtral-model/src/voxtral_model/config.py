@@ -1,8 +1,9 @@
 """Model configuration, read from a Mistral checkpoint directory.
 
 `params.json` holds the network shapes (docs/spec.md §2.1); the `audio` block of `tekken.json` holds the streaming
-facts (delay, left padding: docs/spec.md §2.3); the special-token table of `tekken.json` gives the control ids.
-Every field is checked: a missing or malformed one raises `ConfigError` naming the file and the field.
+facts (delay, left padding: docs/spec.md §2.3); the special-token table of `tekken.json` gives the control ids
+(both read by voxtral_format.tekken, the parser the runtime uses too). Every field is checked: a missing or
+malformed one raises `ConfigError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from voxtral_format import tekken
+from voxtral_format.pte import TOKENIZER_FILE
+from voxtral_format.tekken import AudioArgs, SpecialTokens, TekkenError
+
 PARAMS_FILE = "params.json"
-TOKENIZER_FILE = "tekken.json"
 WEIGHTS_FILE = "consolidated.safetensors"
 
 # mistral-common's OFFLINE_STREAMING_BUFFER_TOKENS: right padding = delay + 1 + this (docs/spec.md §7).
@@ -56,25 +60,6 @@ class DecoderArgs:
     vocab_size: int
     sliding_window: int
     ada_t_cond_dim: int
-
-
-@dataclass(frozen=True)
-class AudioArgs:
-    """The `audio` block of tekken.json: how audio is framed and padded for the streaming format."""
-
-    sampling_rate: int
-    frame_rate: float
-    transcription_delay_ms: float
-    n_left_pad_tokens: int
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    bos: int
-    eos: int
-    streaming_pad: int
-    streaming_word: int
-    n_special: int
 
 
 @dataclass(frozen=True)
@@ -220,36 +205,12 @@ def parse_params(params: dict, file: str = PARAMS_FILE) -> tuple[EncoderArgs, De
     return encoder, decoder
 
 
-def parse_tokenizer(tekken: dict, file: str = TOKENIZER_FILE) -> tuple[AudioArgs, SpecialTokens]:
-    top = _Fields(tekken, file)
-    audio = top.obj("audio")
-    audio_args = AudioArgs(
-        sampling_rate=audio.int("sampling_rate"),
-        frame_rate=audio.float("frame_rate"),
-        transcription_delay_ms=audio.float("transcription_delay_ms"),
-        n_left_pad_tokens=audio.int("streaming_n_left_pad_tokens"),
-    )
-    n_special = top.obj("config").int("default_num_special_tokens")
-    by_name: dict[str, int] = {}
-    for i, entry in enumerate(top.list("special_tokens")):
-        entry_fields = _Fields(entry, file, f"special_tokens[{i}]")
-        rank = entry_fields.int("rank", positive=False)
-        name = entry_fields._get("token_str", _REQUIRED)
-        by_name[str(name)] = rank
-
-    def special(name: str) -> int:
-        if name not in by_name:
-            raise ConfigError(f"{file}: missing special token '{name}' in field 'special_tokens'")
-        return by_name[name]
-
-    tokens = SpecialTokens(
-        bos=special("<s>"),
-        eos=special("</s>"),
-        streaming_pad=special("[STREAMING_PAD]"),
-        streaming_word=special("[STREAMING_WORD]"),
-        n_special=n_special,
-    )
-    return audio_args, tokens
+def parse_tokenizer(data: dict, file: str = TOKENIZER_FILE) -> tuple[AudioArgs, SpecialTokens]:
+    """The `audio` block and the control ids of tekken.json."""
+    try:
+        return tekken.audio_args(data, file), tekken.special_tokens(data, file)
+    except TekkenError as e:
+        raise ConfigError(str(e)) from e
 
 
 def load_config(model_dir: str | Path) -> VoxtralConfig:

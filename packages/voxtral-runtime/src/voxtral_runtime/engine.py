@@ -64,6 +64,6 @@ class Engine:
     def warm_up(self, instance: ModelInstance) -> None:
         """Runs every method once on silence so the first real request does not pay for initialisation."""
         session = self.session(instance)
-        session.feed(np.zeros(int(WARMUP_SECONDS * self.spec.meta["sample_rate"]), dtype=np.float32))
+        session.feed(np.zeros(int(WARMUP_SECONDS * self.spec.meta.sample_rate), dtype=np.float32))
         if isinstance(session, OfflineSession):
             session.flush()

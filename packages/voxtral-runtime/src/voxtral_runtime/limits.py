@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from voxtral_format.pte import ModelMetadata
+
 from .engine import DEFAULT_MAX_OFFLINE_AUDIO_S
 
 DEFAULT_MAX_SESSIONS = 4
@@ -48,11 +50,11 @@ class ServerOptions:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be at least 1")
 
-    def token_cap(self, meta: dict) -> int:
+    def token_cap(self, meta: ModelMetadata) -> int:
         """The server's cap on tokens sampled per session: by default the most a session within the audio and flush
         limits can sample (one token per step over its audio, its leading silence and each flush's padding)."""
         if self.max_new_tokens:
             return self.max_new_tokens
-        step_s = meta["step_samples"] / meta["sample_rate"]
-        padding = meta["n_left_pad_tokens"] + (self.max_flushes + 1) * (meta["n_right_pad_tokens"] + 2)
+        step_s = meta.step_samples / meta.sample_rate
+        padding = meta.n_left_pad_tokens + (self.max_flushes + 1) * (meta.n_right_pad_tokens + 2)
         return math.ceil(self.max_session_audio_s / step_s) + padding

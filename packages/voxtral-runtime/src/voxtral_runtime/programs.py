@@ -1,4 +1,4 @@
-"""Loading exported programs: bundle lookup, the metadata contract (docs/pte.md), method handles per session.
+"""Loading exported programs: bundle lookup, their metadata (voxtral_format.pte, docs/pte.md), method handles.
 
 A loaded program keeps its methods' state (KV caches, conv state) inside, so every concurrent session needs its own
 `ModelInstance`; the metadata and tokenizer are read once into a shared `ModelSpec`.
@@ -12,29 +12,32 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from voxtral_format.pte import (
+    AUDIO_ENCODER,
+    ENCODE_AUDIO_CHUNK,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PREPROCESS,
+    PREPROCESS_STREAM,
+    PREPROCESSOR_FILE,
+    TEXT_DECODER,
+    TOKEN_EMBEDDING,
+    TOKENIZER_FILE,
+    AudioMetadata,
+    MetadataError,
+    ModelMetadata,
+    PreprocessorMetadata,
+)
 
 from . import kernels
 from .tokenizer import Tekken, TokenizerError
 from .xnnpack_weights import BackendOptionError, set_weight_sharing
 
-MODEL_FILE = "model.pte"
-PREPROCESSOR_FILE = "preprocessor.pte"
-TOKENIZER_FILE = "tekken.json"
-MANIFEST_FILE = "manifest.json"
-PTE_FORMAT = "voxtral-realtime"
-# 2 returns logits for every row of a text_decoder call, 3 for the last only; the runtime reads the last row.
-SUPPORTED_FORMAT_VERSIONS = (2, 3, 4)
-
-AUDIO_ENCODER = "audio_encoder"
-ENCODE_AUDIO_CHUNK = "encode_audio_chunk"
-TEXT_DECODER = "text_decoder"
-TOKEN_EMBEDDING = "token_embedding"
-PREPROCESS = "forward"
-PREPROCESS_STREAM = "stream_window"
-
 log = logging.getLogger("voxtral_runtime")
+Metadata = TypeVar("Metadata", bound=AudioMetadata)
 
 # XNNPACK's shared weight cache is process-wide state that every load fills or looks up; upstream ExecuTorch later
 # widened its lock to cover a whole load, so here instances load one at a time (a load takes seconds and instances
@@ -78,6 +81,8 @@ def _load(path: Path):
 
 @dataclass(frozen=True)
 class BundlePaths:
+    """The three files a session needs; `resolve` finds them from a bundle directory and explicit paths."""
+
     model: Path
     preprocessor: Path
     tokenizer: Path
@@ -106,8 +111,9 @@ class BundlePaths:
                    tokenizer=pick(tokenizer, TOKENIZER_FILE, "--tokenizer_path"))
 
 
-def read_constants(program, path: Path) -> dict:
-    """Every zero-input method's value; refuses programs without our format marker."""
+def read_metadata(program, path: Path, kind: type[Metadata]) -> Metadata:
+    """The program's constant methods as `kind`, every key and type checked (voxtral_format.pte). Loads only the
+    zero-input methods, so no delegate is initialised yet."""
     names = set(program.method_names)
     if "pte_format" not in names:
         raise ProgramError(f"{path}: not a Voxtral Realtime program (no 'pte_format' metadata); export it with "
@@ -117,12 +123,10 @@ def read_constants(program, path: Path) -> dict:
         method = program.load_method(name)
         if method.metadata.num_inputs() == 0:
             constants[name] = method.execute([])[0]
-    if constants.get("pte_format") != PTE_FORMAT:
-        raise ProgramError(f"{path}: pte_format is {constants.get('pte_format')!r}, expected {PTE_FORMAT!r}")
-    if constants.get("pte_format_version") not in SUPPORTED_FORMAT_VERSIONS:
-        raise ProgramError(f"{path}: format version {constants.get('pte_format_version')} is not supported by this "
-                           f"runtime (supports {SUPPORTED_FORMAT_VERSIONS}); re-export or upgrade voxtral-runtime")
-    return constants
+    try:
+        return kind.from_constants(constants)
+    except MetadataError as e:
+        raise ProgramError(f"{path}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,8 @@ class ModelSpec:
     """Everything about the served model that sessions share: file paths, metadata, tokenizer."""
 
     paths: BundlePaths
-    meta: dict
-    preprocessor_meta: dict
+    meta: ModelMetadata
+    preprocessor_meta: PreprocessorMetadata
     tokenizer: Tekken
     methods: frozenset = field(default_factory=frozenset)
     shares_weights: bool = False  # instances share one copy of XNNPACK's packed weights
@@ -139,32 +143,30 @@ class ModelSpec:
 
     @property
     def streaming(self) -> bool:
-        return bool(self.meta["streaming"])
+        return self.meta.streaming
 
     @property
     def max_offline_segment_samples(self) -> int:
         """Client samples one pass of an offline program can hold: its tokens less the prompt and padding."""
         m = self.meta
-        reserved = m["n_left_pad_tokens"] + m["n_right_pad_tokens"] + 1
-        return (min(m["max_seq_len"], m["max_audio_tokens"]) - reserved) * m["step_samples"]
+        reserved = m.n_left_pad_tokens + m.n_right_pad_tokens + 1
+        return (min(m.max_seq_len, m.max_audio_tokens) - reserved) * m.step_samples
 
     @property
     def max_offline_segment_s(self) -> float:
-        return self.max_offline_segment_samples / self.meta["sample_rate"]
+        return self.max_offline_segment_samples / self.meta.sample_rate
 
     @property
     def prompt_ids(self) -> list[int]:
-        m = self.meta
-        return [m["bos_id"]] + [m["streaming_pad_id"]] * (m["n_left_pad_tokens"] + m["delay_tokens"])
+        return self.meta.prompt_ids
 
     def describe(self) -> dict:
         m = self.meta
         return {
-            "model": str(self.paths.model), "backend": m["backend"], "quantization": m["quantization"],
-            "dtype": m["dtype"], "streaming": self.streaming, "delay_ms": m["delay_tokens"] * 1000 * m["step_samples"]
-            // m["sample_rate"], "step_ms": 1000 * m["step_samples"] // m["sample_rate"],
-            "decoder_window_tokens": m["sliding_window"], "encoder_window_frames": m["max_enc_len"],
-            "max_seq_len": m["max_seq_len"], "vocab_size": m["vocab_size"], "sample_rate": m["sample_rate"],
+            "model": str(self.paths.model), "backend": m.backend, "quantization": m.quantization, "dtype": m.dtype,
+            "streaming": self.streaming, "delay_ms": m.delay_ms, "step_ms": m.step_ms,
+            "decoder_window_tokens": m.sliding_window, "encoder_window_frames": m.max_enc_len,
+            "max_seq_len": m.max_seq_len, "vocab_size": m.vocab_size, "sample_rate": m.sample_rate,
         }
 
 
@@ -227,33 +229,28 @@ def load_spec(paths: BundlePaths, share_weights: bool = True, verify: bool = Tru
     except kernels.KernelBuildError as e:
         kernel_error = e
     try:
-        meta = read_constants(model, paths.model)  # loads only the metadata methods: no delegate yet
+        meta = read_metadata(model, paths.model, ModelMetadata)  # only the metadata methods: no delegate yet
     except RuntimeError as e:
         if kernel_error is not None:
             raise ProgramError(f"{paths.model} needs the runtime's own kernels: {kernel_error}") from e
         raise
-    _register_runtime_operators(paths.model, meta.get("runtime_operators", ""))
-    if meta.get("program") != "model":
-        raise ProgramError(f"{paths.model}: this is the {meta.get('program')} program, not model.pte")
-    shares_weights = meta.get("backend") == "xnnpack" and share_packed_weights(share_weights)
+    _register_runtime_operators(paths.model, meta.runtime_operators)
+    shares_weights = meta.backend == "xnnpack" and share_packed_weights(share_weights)
     pre = _load(paths.preprocessor)
-    pre_meta = read_constants(pre, paths.preprocessor)
-    if pre_meta.get("program") != "preprocessor":
-        raise ProgramError(f"{paths.preprocessor}: this is the {pre_meta.get('program')} program, not "
-                           f"preprocessor.pte")
+    pre_meta = read_metadata(pre, paths.preprocessor, PreprocessorMetadata)
     for key in ("sample_rate", "num_mel_bins", "hop_length", "step_samples", "stream_window_samples",
                 "log_mel_floor"):
-        if meta[key] != pre_meta[key]:
-            raise ProgramError(f"{paths.preprocessor} does not belong to {paths.model}: {key} is {pre_meta[key]} "
-                               f"there and {meta[key]} in the model")
+        if getattr(meta, key) != getattr(pre_meta, key):
+            raise ProgramError(f"{paths.preprocessor} does not belong to {paths.model}: {key} is "
+                               f"{getattr(pre_meta, key)} there and {getattr(meta, key)} in the model")
     try:
         tokenizer = Tekken.load(paths.tokenizer)
-        tokenizer.check_vocab_size(meta["vocab_size"])
+        tokenizer.check_vocab_size(meta.vocab_size)
     except TokenizerError as e:
         raise ProgramError(str(e)) from e
-    if (tokenizer.bos_id, tokenizer.eos_id) != (meta["bos_id"], meta["eos_id"]):
+    if (tokenizer.bos_id, tokenizer.eos_id) != (meta.bos_id, meta.eos_id):
         raise ProgramError(f"{paths.tokenizer}: BOS/EOS ids {tokenizer.bos_id}/{tokenizer.eos_id} differ from the "
-                           f"program's {meta['bos_id']}/{meta['eos_id']}")
+                           f"program's {meta.bos_id}/{meta.eos_id}")
     return ModelSpec(paths=paths, meta=meta, preprocessor_meta=pre_meta, tokenizer=tokenizer,
                      methods=frozenset(model.method_names), shares_weights=shares_weights,
                      model_name=_model_name(paths))

@@ -74,7 +74,7 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
         self._inboxes_lock = threading.Lock()
 
     def ready(self, engine: Engine, pool: InstancePool) -> None:
-        self.pool, self.rate = pool, engine.spec.meta["sample_rate"]
+        self.pool, self.rate = pool, engine.spec.meta.sample_rate
         self.engine = engine
 
     def stop_reading(self) -> None:

@@ -106,7 +106,7 @@ class TokenLoop:
         meta = instance.spec.meta
         self.prompt_embeds = prompt_embeds  # (1, P, dim), shared by all sessions
         self.prompt_len = prompt_embeds.shape[1]
-        self.eos, self.pad = meta["eos_id"], meta["streaming_pad_id"]
+        self.eos, self.pad = meta.eos_id, meta.streaming_pad_id
         self.position = 0
         self.pending: list[torch.Tensor] = []
         self.next_input = self.pad
@@ -156,12 +156,12 @@ class Session:
                  sampler: Sampler | None = None, max_new_tokens: int | None = None, token_ids: bool = False):
         meta = spec.meta
         self.spec, self.instance = spec, instance
-        self.rate = meta["sample_rate"]
-        self.tok = meta["step_samples"]
-        self.left_pad = meta["n_left_pad_tokens"] * self.tok
-        self.right_pad_tokens = meta["n_right_pad_tokens"]
-        self.delay = meta["delay_tokens"]
-        self.eos = meta["eos_id"]
+        self.rate = meta.sample_rate
+        self.tok = meta.step_samples
+        self.left_pad = meta.n_left_pad_tokens * self.tok
+        self.right_pad_tokens = meta.n_right_pad_tokens
+        self.delay = meta.delay_tokens
+        self.eos = meta.eos_id
         self.loop = TokenLoop(instance, prompt_embeds, sampler or Sampler())
         self.detok = StreamingDetokenizer(spec.tokenizer)
         self.max_new_tokens = max_new_tokens
@@ -243,17 +243,17 @@ class StreamingSession(Session):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         meta = self.spec.meta
-        self.window = meta["stream_window_samples"]
-        self.left_context = meta["stream_left_context"]
-        self.lookahead = meta["stream_lookahead"]
+        self.window = meta.stream_window_samples
+        self.left_context = meta.stream_left_context
+        self.lookahead = meta.stream_lookahead
         # Padded-stream buffer: holds samples [buf_start, buf_start + buf_len); starts with the left context of step
         # 0 (zeros before the stream) and the 32 tokens of leading silence.
         self.buf = np.zeros(max(1 << 16, 4 * self.left_pad), dtype=np.float32)
         self.buf_start = -self.left_context
         self.buf_len = self.left_context + self.left_pad
         self.step_index = 0
-        self.frames_per_step = meta["downsample_factor"]
-        self.max_encoder_steps = meta["max_encoder_steps"]
+        self.frames_per_step = meta.downsample_factor
+        self.max_encoder_steps = meta.max_encoder_steps
         self.encoder_calls = 0  # encode_audio_chunk calls so far (fewer than steps when audio queued up)
         self.flushed_at = 0  # client samples at the last flush
 
@@ -372,8 +372,8 @@ class OfflineSession(Session):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         meta = self.spec.meta
-        self.block = meta["encoder_block_tokens"] * self.tok
-        self.max_tokens = min(meta["max_seq_len"], meta["max_audio_tokens"])
+        self.block = meta.encoder_block_tokens * self.tok
+        self.max_tokens = min(meta.max_seq_len, meta.max_audio_tokens)
         self.chunks: list[np.ndarray] = []
         self.buffered = 0
         self.processed_s = 0.0

@@ -57,9 +57,9 @@ def _progress(session, total_s: float, started: float, last: list[float]) -> Non
 
 def transcribe_file(engine: Engine, audio_path: Path, printer: Printer, streaming: bool, chunk_ms: float,
                     **session_options) -> None:
-    audio = load_audio(audio_path, engine.spec.meta["sample_rate"])
+    audio = load_audio(audio_path, engine.spec.meta.sample_rate)
     session = engine.session(streaming=streaming, **session_options)
-    rate = engine.spec.meta["sample_rate"]
+    rate = engine.spec.meta.sample_rate
     chunk = max(1, int(rate * chunk_ms / 1000)) if streaming else max(len(audio), 1)
     started, last = time.monotonic(), [time.monotonic()]
     total_s = len(audio) / rate
@@ -78,10 +78,10 @@ def transcribe_stdin(engine: Engine, printer: Printer, chunk_ms: float, stdin=No
     session = engine.session(streaming=True, **session_options)
     session.prepare()
     meta = engine.spec.meta
-    chunk_bytes = 4 * max(1, int(meta["sample_rate"] * chunk_ms / 1000))
+    chunk_bytes = 4 * max(1, int(meta.sample_rate * chunk_ms / 1000))
     # read1 returns what has arrived, up to this: audio that piled up while the model was behind is fed at once, so
     # the session encodes it several steps per encoder call.
-    catch_up_bytes = max(chunk_bytes, 4 * meta["step_samples"] * max(meta["max_encoder_steps"], 1))
+    catch_up_bytes = max(chunk_bytes, 4 * meta.step_samples * max(meta.max_encoder_steps, 1))
     interrupted = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
