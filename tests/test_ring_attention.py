@@ -3,10 +3,18 @@
 Each case exports a one-operator program and runs it with the kernel voxtral_runtime.kernels compiled, against
 `ring_attention.reference` in float64. The cases cover both work splits (few rows: slot ranges merged; many rows:
 KV-head tiles), GQA groups of 1-4 query heads, head sizes that leave a lone 8-lane chunk, slot counts off the
-32-slot block, an unfilled ring (blocks skipped) and a window that hides the middle of the ring.
+32-slot block, an unfilled ring (blocks skipped) and a window that hides the middle of the ring, with float32 and
+bfloat16 caches. The kernel's vectors are 16 floats wide with AVX-512 (else 8): head sizes of 16k + 8 take its 8-float
+tail.
 """
 
 from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,19 +46,21 @@ CASES = {
     "encoder step (no GQA)": (4, 4, 4, 16, 70, 60, 300),
     "GQA 3, lone lane chunk": (2, 6, 2, 24, 45, 40, 90),
     "GQA 2, D 8": (3, 4, 2, 8, 33, 30, 40),
+    "GQA 4, D 72 (wide vectors and a tail)": (1, 4, 1, 72, 90, 70, 200),
     "unfilled ring (prefill at 0)": (39, 8, 2, 32, 112, 96, 0),
     "many rows (KV-head tiles)": (64, 8, 2, 32, 120, 100, 1000),
     "many rows, no GQA, window inside the ring": (64, 5, 5, 16, 200, 40, 150),
 }
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_kernel_matches_the_reference(tmp_path, case):
+def test_kernel_matches_the_reference(tmp_path, case, cache_dtype):
     seq, heads, kv_heads, head_dim, slots, window, start = CASES[case]
     g = torch.Generator().manual_seed(hash(case) % 1000)
     q = torch.randn(1, seq, heads, head_dim, generator=g)
-    k = torch.randn(1, slots, kv_heads, head_dim, generator=g)
-    v = torch.randn(1, slots, kv_heads, head_dim, generator=g)
+    k = torch.randn(1, slots, kv_heads, head_dim, generator=g).to(cache_dtype)
+    v = torch.randn(1, slots, kv_heads, head_dim, generator=g).to(cache_dtype)
     mask = attention_mask(torch.arange(start, start + seq), slots, window, True, torch.float32, float("-inf"))
     assert torch.isinf(mask).any() and (mask == 0).all(dim=1).logical_not().all()  # every row hides something
     out = run_program(tmp_path, q, k, v, mask)
@@ -64,6 +74,17 @@ def test_eager_operator_is_the_reference():
     mask = torch.zeros(2, 10)
     mask[0, 5:] = float("-inf")
     assert torch.equal(ring_attention(q, k, v, mask), reference(q, k, v, mask))
+    # bfloat16 caches: the float32 math on the values they hold
+    k16, v16 = k.bfloat16(), v.bfloat16()
+    out = ring_attention(q, k16, v16, mask)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, reference(q, k16.float(), v16.float(), mask))
+
+
+def test_kernel_refuses_caches_of_two_types(tmp_path):
+    q, k, v = torch.randn(1, 1, 2, 8), torch.randn(1, 10, 1, 8), torch.randn(1, 10, 1, 8).bfloat16()
+    with pytest.raises(RuntimeError, match="0x12"):  # InvalidArgument
+        run_program(tmp_path, q, k, v, torch.zeros(1, 10))
 
 
 def test_build_is_cached_and_names_a_missing_compiler(tmp_path, monkeypatch):
@@ -98,3 +119,22 @@ def test_build_kernels_command_prints_the_library(capsys):
 
     assert main(["build-kernels"]) == 0
     assert Path(capsys.readouterr().out.strip()).is_file()
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not _has_avx512(), reason="the default build is the 8-float one")
+def test_the_8_float_build_matches_the_reference_too(tmp_path):
+    """Without AVX-512 the kernel runs 8-float vectors: the same cases pass with a build told to leave it out."""
+    env = {**os.environ, "CXX": "c++ -mno-avx512f", kernels.CACHE_ENV: str(tmp_path)}
+    env.pop(kernels.PREBUILT_ENV, None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "kernel_matches_the_reference"], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parent)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "16 passed" in done.stdout and list(tmp_path.glob("*.so"))

@@ -6,8 +6,9 @@ operator that streams each KV head's slots once for every query row that uses it
 `kernels/ring_attention.cpp`); here it is defined for export, with the reference math as its PyTorch implementation.
 
 Contract (docs/pte.md, "Custom operator"): q (1, S, H, D), k_cache and v_cache (1, N, Hkv, D), mask (S, N) additive
-(0 visible, -inf hidden), float32; query head h uses KV head h // (H // Hkv); scale 1/sqrt(D); returns (1, S, H, D).
-Every query row must see at least one slot.
+(0 visible, -inf hidden); q and mask float32, the caches float32 or bfloat16 (read as the float32 they widen to);
+query head h uses KV head h // (H // Hkv); scale 1/sqrt(D); returns (1, S, H, D) in q's dtype. Every query row must
+see at least one slot.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ _library.define(OPERATOR + ".out" + OUT_SCHEMA)
 
 
 def reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The operator's meaning: scaled dot-product attention with GQA, in the caches' [slots, heads] layout."""
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
-                                       attn_mask=mask.to(q.dtype), enable_gqa=True)
+    """The operator's meaning: scaled dot-product attention with GQA, in the caches' [slots, heads] layout, computed
+    in q's dtype (bfloat16 caches are widened exactly)."""
+    k, v = k_cache.to(q.dtype).transpose(1, 2), v_cache.to(q.dtype).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask.to(q.dtype), enable_gqa=True)
     return y.transpose(1, 2).contiguous()
 
 

@@ -7,9 +7,14 @@
 // softmax, so what it moves is the cache itself.
 //
 // Contract (docs/pte.md, "Custom operator"): q [1, S, H, D], k_cache and v_cache [1, N, Hkv, D], mask [S, N]
-// additive (0 visible, -inf hidden), all float32 and contiguous; H a multiple of Hkv (query head h reads KV head
-// h / (H / Hkv)); D a multiple of 8, at most 256; scale 1/sqrt(D). out [1, S, H, D]. A row that sees no slot gets
-// zeros (the programs never ask for one: a query always sees its own key).
+// additive (0 visible, -inf hidden), all contiguous; q, mask and out float32, the caches float32 or bfloat16 (both
+// the same; bfloat16 is widened exactly to float32, so the math is the float32 math on the stored values); H a
+// multiple of Hkv (query head h reads KV head h / (H / Hkv)); D a multiple of 8, at most 256; scale 1/sqrt(D).
+// out [1, S, H, D]. A row that sees no slot gets zeros (the programs never ask for one: a query always sees its own
+// key).
+//
+// Vectors are as wide as the CPU's (16 floats with AVX-512, else 8; an 8-float tail covers D = 16k + 8), written
+// with GCC/Clang vector extensions so the compiler picks the instructions for the machine it builds on.
 //
 // Work split: a live step has few rows, so each work item takes a contiguous range of slots for every row and the
 // items' partial softmaxes are merged (a thread then streams through memory in order; reading one KV head's slots,
@@ -37,47 +42,91 @@ using executorch::runtime::KernelRuntimeContext;
 
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 
+// A bfloat16 cache element: the top half of a float32.
+typedef uint16_t bf16;
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;  // floats per vector
+typedef f32x16 vec;
+typedef i32x16 ivec;
+#else
 constexpr int kLanes = 8;
+typedef f32x8 vec;
+typedef i32x8 ivec;
+#endif
+
 constexpr int kBlockSlots = 32;     // slots per online-softmax block (its keys and values stay in L2 between passes)
 constexpr int kMaxItemRows = 256;   // rows one work item carries (scores: kMaxItemRows x kBlockSlots floats)
 constexpr int kTileRows = 16;       // rows per item when the rows are split by KV head
 constexpr int kMaxHeadDim = 256;
 constexpr int kValueSlots = 4;      // slots per pass of the values loop
-constexpr int kLineFloats = 16;     // floats per 64-byte cache line (the prefetch stride)
+constexpr int kLineBytes = 64;      // the prefetch stride
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
-// Unaligned 8-float loads and stores (the cache rows are only float-aligned).
+// Unaligned loads and stores (cache rows are only element-aligned).
 typedef float f32x8_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float f32x16_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+typedef uint16_t u16x8_unaligned __attribute__((vector_size(16), aligned(2), may_alias));
+typedef uint16_t u16x16_unaligned __attribute__((vector_size(32), aligned(2), may_alias));
 
 inline f32x8 load8(const float* p) { return *reinterpret_cast<const f32x8_unaligned*>(p); }
-
+inline f32x8 load8(const bf16* p) {
+  return (f32x8)(__builtin_convertvector(*reinterpret_cast<const u16x8_unaligned*>(p), u32x8) << 16);
+}
 inline void store8(float* p, f32x8 v) { *reinterpret_cast<f32x8_unaligned*>(p) = v; }
 
-inline f32x8 splat(float x) { return f32x8{x, x, x, x, x, x, x, x}; }
+#if defined(__AVX512F__)
+inline vec load(const float* p) { return *reinterpret_cast<const f32x16_unaligned*>(p); }
+inline vec load(const bf16* p) {
+  return (f32x16)(__builtin_convertvector(*reinterpret_cast<const u16x16_unaligned*>(p), u32x16) << 16);
+}
+inline void store(float* p, vec v) { *reinterpret_cast<f32x16_unaligned*>(p) = v; }
+// The two halves added: 8 lanes.
+inline f32x8 fold8(f32x16 v) {
+  return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+#else
+inline vec load(const float* p) { return load8(p); }
+inline vec load(const bf16* p) { return load8(p); }
+inline void store(float* p, vec v) { store8(p, v); }
+inline f32x8 fold8(f32x8 v) { return v; }
+#endif
+
+inline vec splat(float x) { return vec{} + x; }
+inline f32x8 splat8(float x) { return f32x8{} + x; }
 
 inline float sum8(f32x8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
+inline float max_lanes(vec v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
+  return m;
+}
+
 // exp(x) for the softmax's shifted scores (x <= 0), Cephes' single-precision polynomial: relative error about 2e-7;
 // exactly 0 below -87 and for -inf (hidden slots).
-inline f32x8 exp8(f32x8 x) {
-  const f32x8 visible = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
+inline vec exp_lanes(vec x) {
+  const vec visible = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  const f32x8 fx = x * splat(1.44269504088896341f) + splat(0.5f);
-  f32x8 n = __builtin_convertvector(__builtin_convertvector(fx, i32x8), f32x8);
+  const vec fx = x * splat(1.44269504088896341f) + splat(0.5f);
+  vec n = __builtin_convertvector(__builtin_convertvector(fx, ivec), vec);
   n = n > fx ? n - splat(1.0f) : n;  // floor: the conversion truncates towards zero
   x = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  f32x8 y = splat(1.9875691500e-4f);
+  vec y = splat(1.9875691500e-4f);
   y = y * x + splat(1.3981999507e-3f);
   y = y * x + splat(8.3334519073e-3f);
   y = y * x + splat(4.1665795894e-2f);
   y = y * x + splat(1.6666665459e-1f);
   y = y * x + splat(5.0000001201e-1f);
   y = y * x * x + x + splat(1.0f);
-  const i32x8 bits = (__builtin_convertvector(n, i32x8) + 127) << 23;
-  f32x8 two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return y * two_n * visible;
+  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
+  return y * (vec)bits * visible;
 }
 
 struct Shapes {
@@ -108,103 +157,138 @@ inline f32x8 sum8x8(const f32x8* x) {
 
 // Scores of R rows sharing one KV head (R = 1, 2 or 4) against 8 / R consecutive slots from t: 8 accumulators, one
 // add tree. keys points at slot t's key of that head.
-template <int R>
-inline void score_rows(const Row* rows, const float* keys, int64_t kv_stride, int chunks, float scale,
+template <int R, typename T>
+inline void score_rows(const Row* rows, const T* keys, int64_t kv_stride, int64_t D, float scale,
                        float (*p)[kBlockSlots], int t) {
-  constexpr int T = 8 / R;
-  f32x8 a[8];
+  constexpr int N = 8 / R;
+  vec a[8];
   for (int x = 0; x < 8; ++x) a[x] = splat(0.0f);
-  for (int c = 0; c < chunks; ++c) {
-    f32x8 kk[T];
-    for (int j = 0; j < T; ++j) kk[j] = load8(keys + j * kv_stride + c * kLanes);
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    vec kk[N];
+    for (int j = 0; j < N; ++j) kk[j] = load(keys + j * kv_stride + d);
     for (int r = 0; r < R; ++r) {
-      const f32x8 qq = load8(rows[r].q + c * kLanes);
-      for (int j = 0; j < T; ++j) a[r * T + j] += qq * kk[j];
+      const vec qq = load(rows[r].q + d);
+      for (int j = 0; j < N; ++j) a[r * N + j] += qq * kk[j];
     }
   }
-  const f32x8 sums = sum8x8(a) * splat(scale);
+  f32x8 a8[8];
+  for (int x = 0; x < 8; ++x) a8[x] = fold8(a[x]);
+  if (d < D) {  // the 8-float tail of D = 16k + 8
+    for (int r = 0; r < R; ++r) {
+      const f32x8 qq = load8(rows[r].q + d);
+      for (int j = 0; j < N; ++j) a8[r * N + j] += qq * load8(keys + j * kv_stride + d);
+    }
+  }
+  const f32x8 sums = sum8x8(a8) * splat8(scale);
   for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < T; ++j) p[r][t + j] = sums[r * T + j];
+    for (int j = 0; j < N; ++j) p[r][t + j] = sums[r * N + j];
   }
 }
 
 // One row against one slot (the tails).
-inline float score_one(const float* q, const float* key, int chunks) {
-  f32x8 a = splat(0.0f);
-  for (int c = 0; c < chunks; ++c) a += load8(q + c * kLanes) * load8(key + c * kLanes);
-  return sum8(a);
+template <typename T>
+inline float score_one(const float* q, const T* key, int64_t D) {
+  vec a = splat(0.0f);
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) a += load(q + d) * load(key + d);
+  f32x8 a8 = fold8(a);
+  if (d < D) a8 += load8(q + d) * load8(key + d);
+  return sum8(a8);
 }
 
 // Scores of a group's `count` rows (1 to 4, sharing one KV head) against `slots` slots from t (a multiple of 8 when
 // count is 1 or 3, of 8 / count otherwise).
-inline void score_group(const Row* rows, int count, const float* keys, int64_t kv_stride, int chunks, float scale,
+template <typename T>
+inline void score_group(const Row* rows, int count, const T* keys, int64_t kv_stride, int64_t D, float scale,
                         float (*p)[kBlockSlots], int t, int slots) {
   switch (count) {
     case 4:
-      for (int j = 0; j < slots; j += 2) {
-        score_rows<4>(rows, keys + j * kv_stride, kv_stride, chunks, scale, p, t + j);
-      }
+      for (int j = 0; j < slots; j += 2) score_rows<4>(rows, keys + j * kv_stride, kv_stride, D, scale, p, t + j);
       break;
     case 2:
-      for (int j = 0; j < slots; j += 4) {
-        score_rows<2>(rows, keys + j * kv_stride, kv_stride, chunks, scale, p, t + j);
-      }
+      for (int j = 0; j < slots; j += 4) score_rows<2>(rows, keys + j * kv_stride, kv_stride, D, scale, p, t + j);
       break;
     case 1:
-      for (int j = 0; j < slots; j += 8) score_rows<1>(rows, keys + j * kv_stride, kv_stride, chunks, scale, p, t + j);
+      for (int j = 0; j < slots; j += 8) score_rows<1>(rows, keys + j * kv_stride, kv_stride, D, scale, p, t + j);
       break;
     default:
       for (int r = 0; r < count; ++r) {
-        for (int j = 0; j < slots; ++j) p[r][t + j] = score_one(rows[r].q, keys + j * kv_stride, chunks) * scale;
+        for (int j = 0; j < slots; ++j) p[r][t + j] = score_one(rows[r].q, keys + j * kv_stride, D) * scale;
       }
   }
 }
 
-// acc[r] += sum_t p[r][t0 + t] v[t] over nt (<= kValueSlots) slots, for `R` rows sharing one KV head: 16 lanes of
-// head_dim at a time in registers. Few slots per pass keep their rows (a KV stride apart, so in one L1 set) cached.
-template <int R>
-inline void weigh_values(const float* values, int64_t kv_stride, int t0, int nt, int chunks,
-                         const float (*p)[kBlockSlots], float* const* acc) {
-  int c = 0;
-  for (; c + 2 <= chunks; c += 2) {
-    f32x8 lo[R], hi[R];
+// acc[r] += sum_t p[r][t0 + t] v[t] over NT slots, for R rows sharing one KV head: the NT x R weights and two
+// vectors of each row's accumulator in registers. Few slots per pass keep their rows (a KV stride apart, so in one
+// L1 set) cached.
+template <int R, int NT, typename T>
+inline void weigh_values(const T* values, int64_t kv_stride, int t0, int64_t D, const float (*p)[kBlockSlots],
+                         float* const* acc) {
+  vec w[NT][R];
+  for (int t = 0; t < NT; ++t) {
+    for (int r = 0; r < R; ++r) w[t][r] = splat(p[r][t0 + t]);
+  }
+  int64_t d = 0;
+  for (; d + 2 * kLanes <= D; d += 2 * kLanes) {
+    vec lo[R], hi[R];
     for (int r = 0; r < R; ++r) {
-      lo[r] = load8(acc[r] + c * kLanes);
-      hi[r] = load8(acc[r] + (c + 1) * kLanes);
+      lo[r] = load(acc[r] + d);
+      hi[r] = load(acc[r] + d + kLanes);
     }
-    for (int t = 0; t < nt; ++t) {
-      const float* value = values + t * kv_stride + c * kLanes;
-      const f32x8 v0 = load8(value), v1 = load8(value + kLanes);
+    for (int t = 0; t < NT; ++t) {
+      const T* value = values + t * kv_stride + d;
+      const vec v0 = load(value), v1 = load(value + kLanes);
       for (int r = 0; r < R; ++r) {
-        const f32x8 w = splat(p[r][t0 + t]);
-        lo[r] += w * v0;
-        hi[r] += w * v1;
+        lo[r] += w[t][r] * v0;
+        hi[r] += w[t][r] * v1;
       }
     }
     for (int r = 0; r < R; ++r) {
-      store8(acc[r] + c * kLanes, lo[r]);
-      store8(acc[r] + (c + 1) * kLanes, hi[r]);
+      store(acc[r] + d, lo[r]);
+      store(acc[r] + d + kLanes, hi[r]);
     }
   }
-  for (; c < chunks; ++c) {
+  for (; d + kLanes <= D; d += kLanes) {
+    vec sum[R];
+    for (int r = 0; r < R; ++r) sum[r] = load(acc[r] + d);
+    for (int t = 0; t < NT; ++t) {
+      const vec v0 = load(values + t * kv_stride + d);
+      for (int r = 0; r < R; ++r) sum[r] += w[t][r] * v0;
+    }
+    for (int r = 0; r < R; ++r) store(acc[r] + d, sum[r]);
+  }
+  if (d < D) {  // the 8-float tail of D = 16k + 8
     f32x8 sum[R];
-    for (int r = 0; r < R; ++r) sum[r] = load8(acc[r] + c * kLanes);
-    for (int t = 0; t < nt; ++t) {
-      const f32x8 v0 = load8(values + t * kv_stride + c * kLanes);
-      for (int r = 0; r < R; ++r) sum[r] += splat(p[r][t0 + t]) * v0;
+    for (int r = 0; r < R; ++r) sum[r] = load8(acc[r] + d);
+    for (int t = 0; t < NT; ++t) {
+      const f32x8 v0 = load8(values + t * kv_stride + d);
+      for (int r = 0; r < R; ++r) sum[r] += splat8(p[r][t0 + t]) * v0;
     }
-    for (int r = 0; r < R; ++r) store8(acc[r] + c * kLanes, sum[r]);
+    for (int r = 0; r < R; ++r) store8(acc[r] + d, sum[r]);
   }
+}
+
+// weigh_values for `nt` (<= kValueSlots) slots: whole passes, then one slot at a time (a block's last slots).
+template <int R, typename T>
+inline void weigh_slots(const T* values, int64_t kv_stride, int t0, int nt, int64_t D, const float (*p)[kBlockSlots],
+                        float* const* acc) {
+  if (nt == kValueSlots) {
+    weigh_values<R, kValueSlots>(values, kv_stride, t0, D, p, acc);
+    return;
+  }
+  for (int t = 0; t < nt; ++t) weigh_values<R, 1>(values + t * kv_stride, kv_stride, t0 + t, D, p, acc);
 }
 
 // Attends rows[0..n) (sorted by KV head) over slots [slot0, slot1); leaves each row's partial softmax: weighted
 // values in acc[i * D ...], running max and sum.
-void attend(const Shapes& s, const Row* rows, int n, const float* k, const float* v, int64_t slot0, int64_t slot1,
+template <typename T>
+void attend(const Shapes& s, const Row* rows, int n, const T* k, const T* v, int64_t slot0, int64_t slot1,
             float* acc, float* row_max, float* row_sum) {
   const int64_t D = s.head_dim, kv_stride = s.kv_heads * D;
-  const int chunks = static_cast<int>(D / kLanes);
+  const int64_t line = kLineBytes / static_cast<int64_t>(sizeof(T));  // elements per cache line
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  alignas(32) float p[kMaxItemRows][kBlockSlots];
+  alignas(64) float p[kMaxItemRows][kBlockSlots];
   bool live[kMaxItemRows];
   float* acc_row[kMaxItemRows];
   // Groups of up to four consecutive rows that read the same KV head.
@@ -258,54 +342,62 @@ void attend(const Shapes& s, const Row* rows, int n, const float* k, const float
         if (next_block) {
           for (int j = 0; j < step; ++j) {
             const int64_t ahead = at + (kBlockSlots + j) * kv_stride;  // the same head, one block later
-            for (int64_t off = 0; off < D; off += kLineFloats) {
+            for (int64_t off = 0; off < D; off += line) {
               __builtin_prefetch(k + ahead + off);
               __builtin_prefetch(v + ahead + off);
             }
           }
         }
-        score_group(rows + i, group_start[g + 1] - i, k + at, kv_stride, chunks, scale, p + i, t, step);
+        score_group(rows + i, group_start[g + 1] - i, k + at, kv_stride, D, scale, p + i, t, step);
       }
     }
     for (int i = 0; i < n; ++i) {
       for (int tt = t; tt < nb; ++tt) {
-        p[i][tt] = score_one(rows[i].q, k + (b + tt) * kv_stride + rows[i].kv, chunks) * scale;
+        p[i][tt] = score_one(rows[i].q, k + (b + tt) * kv_stride + rows[i].kv, D) * scale;
       }
     }
 
     // Online softmax: masks added, weights exp(score - running max), what was accumulated rescaled.
     for (int i = 0; i < n; ++i) {
       const float* m = rows[i].mask + b;
-      float block_max = kMinusInf;
-      for (int t = 0; t < nb; ++t) {
-        p[i][t] += m[t];
-        block_max = std::max(block_max, p[i][t]);
+      float* pi = p[i];
+      vec top = splat(kMinusInf);
+      int t = 0;
+      for (; t + kLanes <= nb; t += kLanes) {
+        const vec x = load(pi + t) + load(m + t);
+        store(pi + t, x);
+        top = x > top ? x : top;
+      }
+      float block_max = max_lanes(top);
+      for (; t < nb; ++t) {
+        pi[t] += m[t];
+        block_max = std::max(block_max, pi[t]);
       }
       live[i] = block_max != kMinusInf;
       if (!live[i]) {
-        std::memset(p[i], 0, sizeof(float) * nb);
+        std::memset(pi, 0, sizeof(float) * nb);
         continue;
       }
       const float new_max = std::max(block_max, row_max[i]);
       const float correction = std::exp(row_max[i] - new_max);  // 0 on a row's first visible block
       row_max[i] = new_max;
-      f32x8 total = splat(0.0f);
-      int t = 0;
+      vec total = splat(0.0f);
+      t = 0;
       for (; t + kLanes <= nb; t += kLanes) {
-        const f32x8 w = exp8(load8(&p[i][t]) - splat(new_max));
-        store8(&p[i][t], w);
+        const vec w = exp_lanes(load(pi + t) - splat(new_max));
+        store(pi + t, w);
         total += w;
       }
       float tail = 0.0f;
       for (; t < nb; ++t) {
-        p[i][t] = p[i][t] == kMinusInf ? 0.0f : std::exp(p[i][t] - new_max);
-        tail += p[i][t];
+        pi[t] = pi[t] == kMinusInf ? 0.0f : std::exp(pi[t] - new_max);
+        tail += pi[t];
       }
-      row_sum[i] = row_sum[i] * correction + sum8(total) + tail;
+      row_sum[i] = row_sum[i] * correction + sum8(fold8(total)) + tail;
       if (correction != 1.0f) {
-        for (int c = 0; c < chunks; ++c) {
-          store8(acc_row[i] + c * kLanes, load8(acc_row[i] + c * kLanes) * splat(correction));
-        }
+        int64_t d = 0;
+        for (; d + kLanes <= D; d += kLanes) store(acc_row[i] + d, load(acc_row[i] + d) * splat(correction));
+        if (d < D) store8(acc_row[i] + d, load8(acc_row[i] + d) * splat8(correction));
       }
     }
 
@@ -316,12 +408,12 @@ void attend(const Shapes& s, const Row* rows, int n, const float* k, const float
         bool any = false;
         for (int r = i; r < i + count; ++r) any = any || live[r];
         if (!any) continue;
-        const float* values = v + (b + t0) * kv_stride + rows[i].kv;
+        const T* values = v + (b + t0) * kv_stride + rows[i].kv;
         switch (count) {
-          case 4: weigh_values<4>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
-          case 3: weigh_values<3>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
-          case 2: weigh_values<2>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
-          default: weigh_values<1>(values, kv_stride, t0, nt, chunks, p + i, acc_row + i); break;
+          case 4: weigh_slots<4>(values, kv_stride, t0, nt, D, p + i, acc_row + i); break;
+          case 3: weigh_slots<3>(values, kv_stride, t0, nt, D, p + i, acc_row + i); break;
+          case 2: weigh_slots<2>(values, kv_stride, t0, nt, D, p + i, acc_row + i); break;
+          default: weigh_slots<1>(values, kv_stride, t0, nt, D, p + i, acc_row + i); break;
         }
       }
     }
@@ -354,11 +446,18 @@ bool check_inputs(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, c
                   const Tensor& out) {
   const Tensor* all[] = {&q, &k, &v, &mask, &out};
   for (const Tensor* t : all) {
-    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Float, InvalidArgument, false,
-                        "voxtral::ring_attention takes float32 tensors");
     ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::tensor_is_default_dim_order(*t), InvalidArgument, false,
                         "voxtral::ring_attention takes contiguous tensors");
   }
+  const Tensor* floats[] = {&q, &mask, &out};
+  for (const Tensor* t : floats) {
+    ET_KERNEL_CHECK_MSG(ctx, t->scalar_type() == ScalarType::Float, InvalidArgument, false,
+                        "voxtral::ring_attention takes a float32 query, mask and output");
+  }
+  ET_KERNEL_CHECK_MSG(ctx, k.scalar_type() == v.scalar_type() &&
+                               (k.scalar_type() == ScalarType::Float || k.scalar_type() == ScalarType::BFloat16),
+                      InvalidArgument, false,
+                      "voxtral::ring_attention takes float32 or bfloat16 caches, both of one type");
   ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && mask.dim() == 2, InvalidArgument, false,
                       "voxtral::ring_attention: q, k_cache and v_cache are 4-D, mask 2-D");
   ET_KERNEL_CHECK_MSG(ctx, q.size(0) == 1 && k.size(0) == 1 && v.size(0) == 1, InvalidArgument, false,
@@ -368,7 +467,7 @@ bool check_inputs(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, c
                         "voxtral::ring_attention: k_cache and v_cache differ in shape");
   }
   const int64_t heads = q.size(2), kv_heads = k.size(2), head_dim = q.size(3);
-  ET_KERNEL_CHECK_MSG(ctx, k.size(3) == head_dim && head_dim % kLanes == 0 && head_dim <= kMaxHeadDim,
+  ET_KERNEL_CHECK_MSG(ctx, k.size(3) == head_dim && head_dim % 8 == 0 && head_dim <= kMaxHeadDim,
                       InvalidArgument, false,
                       "voxtral::ring_attention: head_dim must match the caches, be a multiple of 8 and at most 256");
   ET_KERNEL_CHECK_MSG(ctx, kv_heads > 0 && heads % kv_heads == 0, InvalidArgument, false,
@@ -378,19 +477,15 @@ bool check_inputs(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, c
   return true;
 }
 
-}  // namespace
-
-Tensor& ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                           const Tensor& mask, Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, out,
-                      "voxtral::ring_attention: cannot resize the output to the query's shape");
-  if (!check_inputs(ctx, q, k_cache, v_cache, mask, out)) return out;
+// The operator for one cache element type (float, or bf16 widened as it is read).
+template <typename T>
+void run(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& mask, Tensor& out) {
   Shapes s{q.size(1), q.size(2), k_cache.size(2), q.size(3), k_cache.size(1), 0};
   s.rep = s.heads / s.kv_heads;
   const int64_t D = s.head_dim, rows = s.seq * s.heads, rows_per_kv = s.seq * s.rep;
   const float* qd = q.const_data_ptr<float>();
-  const float* kd = k_cache.const_data_ptr<float>();
-  const float* vd = v_cache.const_data_ptr<float>();
+  const T* kd = static_cast<const T*>(k_cache.const_data_ptr());
+  const T* vd = static_cast<const T*>(v_cache.const_data_ptr());
   const float* md = mask.const_data_ptr<float>();
   float* od = out.mutable_data_ptr<float>();
 
@@ -433,7 +528,7 @@ Tensor& ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Ten
       }
     });
     merge(D, n_items, rows, acc, row_max, row_sum, out_row.data());
-    return out;
+    return;
   }
   // Many rows: one item per KV head and tile of its rows, over all slots.
   const int64_t tiles = (rows_per_kv + kTileRows - 1) / kTileRows;
@@ -449,6 +544,20 @@ Tensor& ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Ten
     }
   });
   merge(D, 1, rows, acc, row_max, row_sum, out_row.data());
+}
+
+}  // namespace
+
+Tensor& ring_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                           const Tensor& mask, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok, InvalidArgument, out,
+                      "voxtral::ring_attention: cannot resize the output to the query's shape");
+  if (!check_inputs(ctx, q, k_cache, v_cache, mask, out)) return out;
+  if (k_cache.scalar_type() == ScalarType::BFloat16) {
+    run<bf16>(q, k_cache, v_cache, mask, out);
+  } else {
+    run<float>(q, k_cache, v_cache, mask, out);
+  }
   return out;
 }
 
