@@ -55,7 +55,13 @@ def linear_bytes(out_features: int, in_features: int, scheme: str | None, group_
     return out_features * in_features * bits / 8 + scales
 
 
-def encoder_part_bytes(params: dict, scheme: str | None, group_size: int, window: int) -> dict[str, float]:
+def cache_element_bytes(meta) -> int:
+    """Bytes of one KV-cache element: bf16 ring caches (pte format 5, kv_cache_dtype) or the program's dtype."""
+    return 2 if (meta.kv_cache_dtype or meta.dtype) == "bf16" else 4
+
+
+def encoder_part_bytes(params: dict, scheme: str | None, group_size: int, window: int,
+                       cache_element: int = 4) -> dict[str, float]:
     """Bytes the streaming encoder reads per call: its layers' and the adapter's linears, and its ring caches."""
     from voxtral_model.attention import ring_slots
 
@@ -67,7 +73,7 @@ def encoder_part_bytes(params: dict, scheme: str | None, group_size: int, window
         (e_hidden, e_dim), (e_hidden, e_dim), (e_dim, e_hidden)))
     adapter = linear_bytes(dim, e_dim * factor, scheme, group_size) + linear_bytes(dim, dim, scheme, group_size)
     return {"encoder linears": enc["n_layers"] * enc_layer + adapter,
-            "encoder attention": 4 * 2 * enc["n_layers"] * ring_slots(window) * e_width}
+            "encoder attention": cache_element * 2 * enc["n_layers"] * ring_slots(window) * e_width}
 
 
 def part_bytes(params: dict, meta: dict, options: dict) -> dict[str, float]:
@@ -81,10 +87,11 @@ def part_bytes(params: dict, meta: dict, options: dict) -> dict[str, float]:
     dec_layer = sum(linear_bytes(o, i, d_scheme, d_group) for o, i in (
         (q_width, dim), (kv_width, dim), (kv_width, dim), (dim, q_width),
         (hidden, dim), (hidden, dim), (dim, hidden)))
-    dec_kv = 4 * 2 * params["n_layers"] * ring_slots(meta.sliding_window) * kv_width
+    element = cache_element_bytes(meta)
+    dec_kv = element * 2 * params["n_layers"] * ring_slots(meta.sliding_window) * kv_width
     return {
         **encoder_part_bytes(params, options["qlinear_encoder"], options["qlinear_encoder_group_size"],
-                             meta.max_enc_len),
+                             meta.max_enc_len, element),
         "decoder layer linears": params["n_layers"] * dec_layer,
         "output head": linear_bytes(params["vocab_size"], dim, d_scheme, d_group),
         "decoder attention": dec_kv,
@@ -343,8 +350,9 @@ def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> N
     col["steady-state step"] = [e + d + s - m for e, d, s, m in zip(
         col["encoder step"], col["decoder step"], col["session step"], col["in method calls"])]
     read = statistics.median(col["read bandwidth"])
-    print(f"\nbundle {args.bundle} ({meta.quantization}, {meta.backend}, decoder window "
-          f"{meta.sliding_window}, encoder window {meta.max_enc_len}); {len(runs)} runs, {args.steps} steps each")
+    print(f"\nbundle {args.bundle} ({meta.quantization}, {meta.backend}, {meta.kv_cache_dtype or meta.dtype} KV "
+          f"caches, decoder window {meta.sliding_window}, encoder window {meta.max_enc_len}); {len(runs)} runs, "
+          f"{args.steps} steps each; kernels {os.environ.get('VOXTRAL_RUNTIME_KERNELS', 'built from this checkout')}")
     print(f"read bandwidth   {spread(col['read bandwidth'], 1e-9, '.1f')} GB/s (1 GiB reduction, all cores)")
     print(f"copy bandwidth   {spread(col['copy bandwidth'], 1e-9, '.1f')} GB/s (read + written)")
     if "idle share" in col:

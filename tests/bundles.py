@@ -29,6 +29,7 @@ VARIANTS: dict[str, dict] = {
     "xnnpack-offline-qc": dict(backend="xnnpack", **SMALL_OFFLINE, **QUANT_C),
     "portable-offline-qa": dict(backend="portable", **SMALL_OFFLINE, **QUANT_A),
     "portable-stream-qc": dict(backend="portable", streaming=True, **SMALL_WINDOWS, **QUANT_C),
+    "xnnpack-stream-bf16kv": dict(backend="xnnpack", streaming=True, kv_cache_dtype="bf16", **SMALL_WINDOWS),
 }
 
 

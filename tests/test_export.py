@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ptes import Program
 from signals import speechlike
+from voxtral_export.pipeline import RING_CACHE_DTYPES
 from voxtral_export.quantize import quantize_model
 from voxtral_model.checkpoint import load_model
 from voxtral_model.mel import LogMel
@@ -26,9 +27,10 @@ pytestmark = pytest.mark.slow
 def eager_for(bundles, name: str, **overrides):
     """The eager model exactly as the variant exported it (same layout, windows, quantization)."""
     opts = bundles.options(name)
-    model = load_model(opts.model_path, RuntimeOptions(
-        layout=opts.layout, streaming=opts.streaming, max_seq_len=opts.max_seq_len,
-        decoder_window=opts.sliding_window, encoder_window=opts.max_enc_len, **overrides))
+    settings = dict(layout=opts.layout, streaming=opts.streaming, max_seq_len=opts.max_seq_len,
+                    decoder_window=opts.sliding_window, encoder_window=opts.max_enc_len,
+                    ring_cache_dtype=RING_CACHE_DTYPES.get(opts.kv_cache_dtype))
+    model = load_model(opts.model_path, RuntimeOptions(**{**settings, **overrides}))
     quantize_model(model, opts, torch.float32)
     return model.eval()
 
@@ -143,6 +145,37 @@ def test_small_encoder_ring_matches_eager(bundles, tiny_config):
             assert rel_err(pte("encode_audio_chunk", mel8, pos), step(mel8, pos)) < 1e-5, s
 
 
+BF16_CACHE_ERR = 2e-3
+
+
+def test_bf16_ring_caches_match_eager_with_the_same_caches(bundles, tiny_config):
+    """bfloat16 ring caches (--kv-cache-dtype bf16): the program matches the eager model keeping the same caches, past
+    both windows (4 s: 444 encoder frames over a 50-frame window; the decoder to position 160 over 48 tokens), and
+    stays close to float32 caches. Not to float rounding: a key that differs in its last float bit can round to the
+    neighbouring bfloat16 (2^-9 relative), so the bound is BF16_CACHE_ERR."""
+    name = "xnnpack-stream-bf16kv"
+    pte = Program(bundles(name) / "model.pte")
+    assert pte.constant("kv_cache_dtype") == "bf16" and pte.constant("dtype") == "fp32"
+    model = eager_for(bundles, name)
+    fp32 = eager_for(bundles, name, ring_cache_dtype=torch.float32)
+    assert model.decoder.caches[0].k_cache.dtype == torch.bfloat16
+    step, step32 = model.streaming_encoder(), fp32.streaming_encoder()
+    assert step.caches[0].k_cache.dtype == torch.bfloat16 and step32.caches[0].k_cache.dtype == torch.float32
+    frontend = LogMel(tiny_config.encoder)
+    padded = pad_audio(tiny_config, speechlike(4.0, seed=5))
+    with torch.no_grad():
+        for s, window in stream_mel_windows(tiny_config, padded):
+            mel8, pos = frontend.stream_window(window), torch.arange(4 * s, 4 * s + 4)
+            want = step(mel8, pos)
+            assert rel_err(pte("encode_audio_chunk", mel8, pos), want) < BF16_CACHE_ERR, s
+            assert F.cosine_similarity(want.flatten(), step32(mel8, pos).flatten(), dim=0) > 0.999, s
+        embeds, _ = decoder_inputs(model, n_audio=160 - 39)
+        expected = run_decoder(model.decode, embeds, 39)
+        exact = run_decoder(fp32.decode, embeds, 39)
+    assert rel_err(run_decoder(lambda e, p: pte("text_decoder", e, p), embeds, 39), expected) < BF16_CACHE_ERR
+    assert F.cosine_similarity(expected, exact, dim=-1).min() > 0.999
+
+
 # Dynamic-activation schemes: the runtime's int8 per-token rounding (XNNPACK's kernels, or the quantized kernels on
 # portable) differs slightly from torchao's eager reference (measured 1 - cosine: 1.4e-3 XNNPACK, 6e-4 portable).
 # Weight-only schemes dequantize exactly what eager does (measured 1 - cosine 1.1e-5).
@@ -209,8 +242,8 @@ def test_preprocessor_matches_the_torch_frontend(bundles, tiny_config, name):
 def test_metadata_and_manifest(bundles, tiny_config):
     bundle = bundles("xnnpack-stream")
     pte = Program(bundle / "model.pte")
-    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 4, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
-              "runtime_operators": "voxtral::ring_attention.out",
+    expect = {"pte_format": "voxtral-realtime", "pte_format_version": 5, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
+              "runtime_operators": "voxtral::ring_attention.out", "kv_cache_dtype": "fp32",
               "sample_rate": 16000, "step_samples": 1280, "chunk_mel_len": 8, "delay_tokens": 6,
               "n_left_pad_tokens": 32, "n_right_pad_tokens": 17, "bos_id": 1, "eos_id": 2, "streaming_pad_id": 32,
               "streaming_word_id": 33, "n_special_tokens": 1000, "log_mel_floor": -6.5, "conv2_pad": 1,

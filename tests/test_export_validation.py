@@ -37,6 +37,8 @@ def run_cli(*args: str):
     (["--qlinear", "8da4w", "--qlinear-group-size", "-1"], "must be 0 (per output channel) or positive"),
     (["--sliding-window", "64"], "--sliding-window shrinks the streaming decoder's ring cache; it needs --streaming"),
     (["--max-seq-len", "20"], "leaves no room after the 39-token prompt"),
+    (["--kv-cache-dtype", "bf16"], "--kv-cache-dtype sets the ring caches of streaming CPU programs"),
+    (["--streaming", "--kv-cache-dtype", "bf16", "--dtype", "bf16"], "--kv-cache-dtype needs --dtype fp32"),
 ])
 def test_bad_options_fail_fast_and_write_nothing(tiny_dir, tmp_path, capsys, args, message):
     out = tmp_path / "out"

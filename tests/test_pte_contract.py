@@ -94,7 +94,9 @@ def test_foreign_and_unreadable_programs_are_refused():
 def test_keys_added_by_a_later_version_have_defaults_for_older_programs():
     values = model_constants(pte_format_version=3)
     del values["runtime_operators"]  # version 4 added it
-    assert ModelMetadata.from_constants(values).runtime_operators == ""
+    del values["kv_cache_dtype"]  # version 5 added it
+    meta = ModelMetadata.from_constants(values)
+    assert meta.runtime_operators == "" and meta.kv_cache_dtype == ""
 
 
 def test_the_contract_needs_no_torch():

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-audio-len", type=float, default=DEFAULT_MAX_AUDIO_LEN_S,
                    help="longest offline input in seconds (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="default: %(default)s")
+    p.add_argument("--kv-cache-dtype", choices=DTYPES, default=None,
+                   help="what the streaming ring KV caches store (default: --dtype). bf16 halves the bytes a live "
+                        "step scans and the cache memory of every session: keys and values are rounded to bf16 "
+                        "when written, attention still runs in fp32. Streaming CPU programs only")
     p.add_argument("--qlinear", choices=LINEAR_QUANT, help="decoder linears (and the output head)")
     p.add_argument("--qlinear-group-size", type=int, default=DEFAULT_GROUP_SIZE,
                    help="4-bit group size, 0 = per output channel (default: %(default)s)")
@@ -79,7 +83,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         sliding_window=args.sliding_window, max_audio_len=args.max_audio_len, dtype=args.dtype,
         qlinear=args.qlinear, qlinear_group_size=args.qlinear_group_size, qlinear_encoder=args.qlinear_encoder,
         qlinear_encoder_group_size=args.qlinear_encoder_group_size, qembedding=args.qembedding,
-        qembedding_group_size=args.qembedding_group_size)
+        qembedding_group_size=args.qembedding_group_size, kv_cache_dtype=args.kv_cache_dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: 
         "runtime_operators": runtime_operators(options),
         "backend": options.backend,
         "dtype": options.dtype,
+        "kv_cache_dtype": options.cache_dtype,
         "quantization": _quantization_label(options),
         "dim": dec.dim,
         "enc_dim": enc.dim,

@@ -57,11 +57,17 @@ class ExportOptions:
     qlinear_encoder_group_size: int = DEFAULT_GROUP_SIZE
     qembedding: str | None = None
     qembedding_group_size: int = 0
+    kv_cache_dtype: str | None = None  # streaming ring caches; None: dtype
 
     @property
     def layout(self) -> str:
         """Attention layout: ExecuTorch's fused custom ops on CPU backends, standard SDPA on Metal."""
         return "standard" if self.backend == "metal" else "custom"
+
+    @property
+    def cache_dtype(self) -> str:
+        """What the KV caches store: --kv-cache-dtype for a streaming program's ring caches, else --dtype."""
+        return (self.kv_cache_dtype or self.dtype) if self.streaming else self.dtype
 
     @property
     def quantized(self) -> bool:
@@ -89,6 +95,16 @@ def validate_flags(options: ExportOptions, system: str | None = None) -> None:
                           f"{', '.join(EMBEDDING_QUANT)}")
     if options.dtype not in DTYPES:
         raise ExportError(f"--dtype {options.dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    if options.kv_cache_dtype is not None:
+        if options.kv_cache_dtype not in DTYPES:
+            raise ExportError(f"--kv-cache-dtype {options.kv_cache_dtype!r} is not supported; choose one of "
+                              f"{', '.join(DTYPES)}")
+        if not options.streaming or options.backend == "metal":
+            raise ExportError("--kv-cache-dtype sets the ring caches of streaming CPU programs (XNNPACK, portable), "
+                              "which the runtime's ring-attention kernel reads: add --streaming, or leave it out "
+                              "(offline and Metal caches follow --dtype)")
+        if options.dtype != "fp32":
+            raise ExportError("--kv-cache-dtype needs --dtype fp32 (the ring-attention kernel attends in float32)")
     for flag, value in (("--max-seq-len", options.max_seq_len), ("--max-enc-len", options.max_enc_len)):
         if value <= 0:
             raise ExportError(f"{flag} must be positive, got {value}")

@@ -52,6 +52,10 @@ def _register_runtime_ops() -> None:
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
 
 
+# --kv-cache-dtype -> the ring caches' element type (None: they follow the model's dtype)
+RING_CACHE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def export_bundle(options: ExportOptions, progress: Progress | None = None) -> Path:
     progress = progress or Progress()
     config = validate(options)
@@ -70,7 +74,7 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
             model, weights = load_model_lazily(options.model_path, RuntimeOptions(
                 layout=options.layout, streaming=options.streaming, max_seq_len=options.max_seq_len,
                 delay_tokens=delay, decoder_window=options.sliding_window, encoder_window=options.max_enc_len,
-                dtype=load_dtype), config=config)
+                dtype=load_dtype, ring_cache_dtype=RING_CACHE_DTYPES.get(options.kv_cache_dtype)), config=config)
         with progress.phase("quantize" if options.quantized else "cast"):
             skipped = quantize_model(model, options, dtype, progress=lambda m: progress.say(f"  {m}"), weights=weights)
             if skipped:

@@ -16,9 +16,10 @@ from typing import ClassVar
 
 FORMAT = "voxtral-realtime"
 # 2: encode_audio_chunk takes 1..max_encoder_steps steps a call; 3: text_decoder returns the last position's logits;
-# 4: streaming CPU programs call voxtral::ring_attention, a kernel the runtime provides (runtime_operators).
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)  # the runtime reads the last row of text_decoder's logits, so 2 still works
+# 4: streaming CPU programs call voxtral::ring_attention, a kernel the runtime provides (runtime_operators);
+# 5: its ring caches may be bfloat16 (kv_cache_dtype), which an older runtime's kernel refuses.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)  # the runtime reads the last row of text_decoder's logits, so 2 still works
 
 # A bundle directory: what voxtral-export --output-dir writes.
 MODEL_FILE = "model.pte"
@@ -128,6 +129,7 @@ class ModelMetadata(AudioMetadata):
     streaming_word_id: int
     n_special_tokens: int
     runtime_operators: str = ""  # comma-separated operators of ours the program calls (format version 4)
+    kv_cache_dtype: str = ""  # what the KV caches store, fp32 or bf16 (format version 5; before: dtype)
 
     @property
     def step_ms(self) -> int:

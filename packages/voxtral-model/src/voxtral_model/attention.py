@@ -19,7 +19,8 @@ Two geometries:
 
 Ring caches with the custom layout are read by `voxtral::ring_attention` (ring_attention.py): one operator whose
 runtime kernel streams each KV head's slots once for all the query rows that use them, which is what bounds a
-streaming step. Flat caches with a window (offline decoders longer than the window) use `custom_sdpa` with each KV
+streaming step. A cache may store a narrower type than the model computes in (`storage_dtype`, e.g. bfloat16 ring
+caches: half the bytes a step scans); keys and values are rounded to it when written and widened when read. Flat caches with a window (offline decoders longer than the window) use `custom_sdpa` with each KV
 head's query heads folded into the rows (n_rep x S rows against n_kv_heads heads), so each cache is read once per
 call rather than once per query head.
 """
@@ -73,7 +74,9 @@ class KVCache(nn.Module):
     """Per-layer key/value cache (flat or ring) in one of the two layouts."""
 
     def __init__(self, n_slots: int, n_kv_heads: int, head_dim: int, window: int, ring: bool, layout: str,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, storage_dtype: torch.dtype | None = None):
+        """`dtype` is the model's (export recasts it with the model); `storage_dtype`, when given, is the element
+        type the cache keeps whatever the model's: keys and values are rounded to it when written."""
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown attention layout {layout!r}; expected one of {LAYOUTS}")
@@ -81,13 +84,21 @@ class KVCache(nn.Module):
             require_custom_ops()
         self.n_slots, self.window, self.ring, self.layout = n_slots, window, ring, layout
         self.shape = (1, n_slots, n_kv_heads, head_dim) if layout == "custom" else (1, n_kv_heads, n_slots, head_dim)
-        self.dtype = dtype
+        self.dtype, self.storage_dtype = dtype, storage_dtype
         self.init_buffers()
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        return self.storage_dtype or self.dtype
 
     def init_buffers(self) -> None:
         """(Re)creates the empty cache; also materializes it after loading a model built on the meta device."""
-        self.register_buffer("k_cache", torch.zeros(self.shape, dtype=self.dtype), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(self.shape, dtype=self.dtype), persistent=False)
+        self.register_buffer("k_cache", torch.zeros(self.shape, dtype=self.cache_dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(self.shape, dtype=self.cache_dtype), persistent=False)
+
+    def _stored(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys or values as the cache stores them (rounded to a narrower cache type, e.g. bfloat16)."""
+        return x if x.dtype == self.cache_dtype else x.to(self.cache_dtype)
 
     def mask(self, positions: torch.Tensor) -> torch.Tensor | None:
         """The mask for queries at `positions`, shared by every layer of a stack; None = plain causal (fast path)."""
@@ -95,8 +106,7 @@ class KVCache(nn.Module):
             if not self.ring and self.window >= self.n_slots:
                 return None
             return attention_mask(positions, self.n_slots, self.window, self.ring, torch.float32, float("-inf"))
-        return attention_mask(positions, self.n_slots, self.window, self.ring, self.k_cache.dtype,
-                              STANDARD_MASK_VALUE)
+        return attention_mask(positions, self.n_slots, self.window, self.ring, self.dtype, STANDARD_MASK_VALUE)
 
     def _grouped_sdpa(self, q: torch.Tensor, mask: torch.Tensor, start_pos) -> torch.Tensor:
         """custom_sdpa with each KV head's query heads folded into the rows (see the module docstring)."""
@@ -123,8 +133,8 @@ class KVCache(nn.Module):
             torch._check(start_pos >= 0)
             if self.ring:
                 slots = torch.remainder(positions, self.n_slots).reshape(1, seq_len)
-                torch.ops.llama.update_cache_with_indices(k, self.k_cache, start_pos, slots)
-                torch.ops.llama.update_cache_with_indices(v, self.v_cache, start_pos, slots)
+                torch.ops.llama.update_cache_with_indices(self._stored(k), self.k_cache, start_pos, slots)
+                torch.ops.llama.update_cache_with_indices(self._stored(v), self.v_cache, start_pos, slots)
             else:
                 torch._check(start_pos + seq_len <= self.n_slots)
                 torch.ops.llama.update_cache(k, self.k_cache, start_pos)
@@ -137,10 +147,10 @@ class KVCache(nn.Module):
                 return y.reshape(bsz, seq_len, n_heads * head_dim)
             return self._grouped_sdpa(q, mask, start_pos)
         slots = torch.remainder(positions, self.n_slots) if self.ring else positions
-        self.k_cache.index_copy_(2, slots, k.transpose(1, 2))
-        self.v_cache.index_copy_(2, slots, v.transpose(1, 2))
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), self.k_cache, self.v_cache, attn_mask=mask,
-                                           enable_gqa=True)
+        self.k_cache.index_copy_(2, slots, self._stored(k).transpose(1, 2))
+        self.v_cache.index_copy_(2, slots, self._stored(v).transpose(1, 2))
+        k_all, v_all = self.k_cache.to(q.dtype), self.v_cache.to(q.dtype)  # no-ops unless the cache is narrower
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k_all, v_all, attn_mask=mask, enable_gqa=True)
         return y.transpose(1, 2).reshape(bsz, seq_len, n_heads * head_dim)
 
 

@@ -69,7 +69,8 @@ class Decoder(nn.Module):
     keys/values stay in the caches."""
 
     def __init__(self, args: DecoderArgs, delay_tokens: int, layout: str, max_seq_len: int,
-                 streaming: bool, sliding_window: int | None = None, dtype: torch.dtype = torch.float32):
+                 streaming: bool, sliding_window: int | None = None, dtype: torch.dtype = torch.float32,
+                 ring_cache_dtype: torch.dtype | None = None):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
@@ -80,7 +81,8 @@ class Decoder(nn.Module):
         window = min(sliding_window or args.sliding_window, args.sliding_window)
         n_slots = ring_slots(window) if streaming else max_seq_len
         self.caches = nn.ModuleList([
-            KVCache(n_slots, args.n_kv_heads, args.head_dim, window, ring=streaming, layout=layout, dtype=dtype)
+            KVCache(n_slots, args.n_kv_heads, args.head_dim, window, ring=streaming, layout=layout, dtype=dtype,
+                    storage_dtype=ring_cache_dtype if streaming else None)
             for _ in range(args.n_layers)
         ])
         self.max_seq_len, self.window, self.streaming = max_seq_len, window, streaming

@@ -145,7 +145,8 @@ class StreamingEncoder(nn.Module):
     derives slot positions analytically and needs none either.
     """
 
-    def __init__(self, encoder: Encoder, adapter: Adapter, layout: str, max_enc_len: int | None = None):
+    def __init__(self, encoder: Encoder, adapter: Adapter, layout: str, max_enc_len: int | None = None,
+                 cache_dtype: torch.dtype | None = None):
         super().__init__()
         args = encoder.args
         self.encoder, self.adapter = encoder, adapter
@@ -153,7 +154,7 @@ class StreamingEncoder(nn.Module):
         dtype = encoder.norm.weight.dtype
         self.caches = nn.ModuleList([
             KVCache(ring_slots(self.window), args.n_heads, args.head_dim, self.window, ring=True, layout=layout,
-                    dtype=dtype)
+                    dtype=dtype, storage_dtype=cache_dtype)
             for _ in range(args.n_layers)
         ])
         self.register_buffer("conv1_state", torch.zeros(1, args.num_mel_bins, CONV1_LEFT_PAD, dtype=dtype),

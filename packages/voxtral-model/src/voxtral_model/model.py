@@ -30,6 +30,9 @@ class RuntimeOptions:
     decoder_window: int | None = None  # None: params.json sliding_window; smaller shrinks the streaming ring cache
     encoder_window: int | None = None  # None: params.json encoder sliding_window (750)
     dtype: torch.dtype = torch.float32
+    # Element type of the streaming ring KV caches (None: dtype). bfloat16 halves what a live step scans; keys and
+    # values are rounded to it when written and attended in float32 (docs/model.md, "KV caches").
+    ring_cache_dtype: torch.dtype | None = None
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -47,7 +50,7 @@ class VoxtralRealtime(nn.Module):
         self.encoder = Encoder(config.encoder)
         self.adapter = Adapter(config.encoder, config.decoder.dim)
         self.decoder = Decoder(config.decoder, delay, options.layout, options.max_seq_len, options.streaming,
-                               options.decoder_window, options.dtype)
+                               options.decoder_window, options.dtype, options.ring_cache_dtype)
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Offline: mel (1, n_mels, 8k) -> audio embeddings (1, k, dim)."""
@@ -64,4 +67,5 @@ class VoxtralRealtime(nn.Module):
 
     def streaming_encoder(self) -> StreamingEncoder:
         """A stateful 80 ms encoder step sharing this model's weights (its caches are its own)."""
-        return StreamingEncoder(self.encoder, self.adapter, self.options.layout, self.options.encoder_window)
+        return StreamingEncoder(self.encoder, self.adapter, self.options.layout, self.options.encoder_window,
+                                self.options.ring_cache_dtype)
