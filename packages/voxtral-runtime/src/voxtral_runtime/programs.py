@@ -270,12 +270,16 @@ class ModelInstance:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        # The encoder and the decoder come from two loads of model.pte: the methods of one loaded program share one
-        # planned-memory arena (executorch.runtime.Program.load_method), KV caches included, so a decoder call
-        # overwrote the streaming encoder's caches (NaN outputs; still so with XNNPACK's workspace sharing off). Each
-        # method's weights are loaded once, and the file is memory-mapped, so the second load adds no weight memory.
+        # Each stateful method comes from a load of model.pte of its own: the methods of one loaded program share one
+        # planned-memory arena (executorch.runtime.Program.load_method), KV caches included, so a call of one method
+        # can overwrite another's caches. A decoder call overwrote the streaming encoder's caches (NaN outputs; still
+        # so with XNNPACK's workspace sharing off), and at full size a token_embedding call overwrote part of the
+        # decoder's (logits off by up to 0.35 with fp32 caches, garbage with bf16; benchmarks/accuracy.py found it).
+        # token_embedding therefore gets a third load. Each method's weights are loaded once, and the file is
+        # memory-mapped, so the extra loads add planned memory only.
         with _LOAD_LOCK:
             encoder_program, decoder_program = _load(spec.paths.model), _load(spec.paths.model)
+            embedding_program = _load(spec.paths.model)
             pre = _load(spec.paths.preprocessor)
             if spec.streaming:
                 self.encode_chunk = encoder_program.load_method(ENCODE_AUDIO_CHUNK)
@@ -284,7 +288,7 @@ class ModelInstance:
                 self.audio_encoder = encoder_program.load_method(AUDIO_ENCODER)
                 self.preprocess = pre.load_method(PREPROCESS)
             self.text_decoder = decoder_program.load_method(TEXT_DECODER)
-            self.token_embedding = decoder_program.load_method(TOKEN_EMBEDDING)
+            self.token_embedding = embedding_program.load_method(TOKEN_EMBEDDING)
 
     @staticmethod
     def run(method, *inputs: torch.Tensor) -> torch.Tensor:
