@@ -15,6 +15,9 @@ from voxtral_export.progress import Progress
 QUANT_A = dict(qlinear="8da4w", qlinear_encoder="8da8w", qembedding="8w")
 QUANT_B = dict(qlinear="8da8w", qlinear_encoder="8da4w", qlinear_encoder_group_size=0)
 QUANT_C = dict(qlinear="4w", qlinear_encoder="8w", qembedding="8w")
+# The README's streaming recipe: 8da4w everywhere with one scale per output channel, 8w embeddings.
+QUANT_README = dict(qlinear="8da4w", qlinear_group_size=0, qlinear_encoder="8da4w", qlinear_encoder_group_size=0,
+                    qembedding="8w")
 # Small windows so that a few seconds of audio wrap both ring caches.
 SMALL_WINDOWS = dict(sliding_window=48, max_enc_len=50)
 SMALL_OFFLINE = dict(max_seq_len=512, max_audio_len=30)
@@ -29,7 +32,8 @@ VARIANTS: dict[str, dict] = {
     "xnnpack-offline-qc": dict(backend="xnnpack", **SMALL_OFFLINE, **QUANT_C),
     "portable-offline-qa": dict(backend="portable", **SMALL_OFFLINE, **QUANT_A),
     "portable-stream-qc": dict(backend="portable", streaming=True, **SMALL_WINDOWS, **QUANT_C),
-    "xnnpack-stream-bf16kv": dict(backend="xnnpack", streaming=True, kv_cache_dtype="bf16", **SMALL_WINDOWS),
+    "xnnpack-stream-bf16kv": dict(backend="xnnpack", streaming=True, kv_cache_dtype="bf16", **SMALL_WINDOWS,
+                                  **QUANT_README),
 }
 
 

@@ -145,14 +145,18 @@ def test_small_encoder_ring_matches_eager(bundles, tiny_config):
             assert rel_err(pte("encode_audio_chunk", mel8, pos), step(mel8, pos)) < 1e-5, s
 
 
-BF16_CACHE_ERR = 2e-3
+# Dynamic-activation schemes: the runtime's int8 per-token rounding (XNNPACK's kernels, or the quantized kernels on
+# portable) differs slightly from torchao's eager reference (measured 1 - cosine: 1.4e-3 XNNPACK, 6e-4 portable).
+# Weight-only schemes dequantize exactly what eager does (measured 1 - cosine 1.1e-5).
+DYNAMIC_ACTIVATIONS_COSINE = 0.995
+WEIGHT_ONLY_COSINE = 0.9999
 
 
 def test_bf16_ring_caches_match_eager_with_the_same_caches(bundles, tiny_config):
-    """bfloat16 ring caches (--kv-cache-dtype bf16): the program matches the eager model keeping the same caches, past
-    both windows (4 s: 444 encoder frames over a 50-frame window; the decoder to position 160 over 48 tokens), and
-    stays close to float32 caches. Not to float rounding: a key that differs in its last float bit can round to the
-    neighbouring bfloat16 (2^-9 relative), so the bound is BF16_CACHE_ERR."""
+    """bfloat16 ring caches (--kv-cache-dtype bf16) in the README's quantized recipe: the program matches the eager
+    model quantized the same way and keeping the same caches, past both windows (4 s: 444 encoder frames over a
+    50-frame window; the decoder to position 160 over 48 tokens), as closely as fp32 caches do (the int8 activation
+    rounding differs between XNNPACK and torchao); and the eager model with bf16 caches stays close to fp32 caches."""
     name = "xnnpack-stream-bf16kv"
     pte = Program(bundles(name) / "model.pte")
     assert pte.constant("kv_cache_dtype") == "bf16" and pte.constant("dtype") == "fp32"
@@ -167,20 +171,16 @@ def test_bf16_ring_caches_match_eager_with_the_same_caches(bundles, tiny_config)
         for s, window in stream_mel_windows(tiny_config, padded):
             mel8, pos = frontend.stream_window(window), torch.arange(4 * s, 4 * s + 4)
             want = step(mel8, pos)
-            assert rel_err(pte("encode_audio_chunk", mel8, pos), want) < BF16_CACHE_ERR, s
+            got = pte("encode_audio_chunk", mel8, pos)
+            assert F.cosine_similarity(got.flatten(), want.flatten(), dim=0) > DYNAMIC_ACTIVATIONS_COSINE, s
             assert F.cosine_similarity(want.flatten(), step32(mel8, pos).flatten(), dim=0) > 0.999, s
         embeds, _ = decoder_inputs(model, n_audio=160 - 39)
         expected = run_decoder(model.decode, embeds, 39)
         exact = run_decoder(fp32.decode, embeds, 39)
-    assert rel_err(run_decoder(lambda e, p: pte("text_decoder", e, p), embeds, 39), expected) < BF16_CACHE_ERR
-    assert F.cosine_similarity(expected, exact, dim=-1).min() > 0.999
-
-
-# Dynamic-activation schemes: the runtime's int8 per-token rounding (XNNPACK's kernels, or the quantized kernels on
-# portable) differs slightly from torchao's eager reference (measured 1 - cosine: 1.4e-3 XNNPACK, 6e-4 portable).
-# Weight-only schemes dequantize exactly what eager does (measured 1 - cosine 1.1e-5).
-DYNAMIC_ACTIVATIONS_COSINE = 0.995
-WEIGHT_ONLY_COSINE = 0.9999
+    got = run_decoder(lambda e, p: pte("text_decoder", e, p), embeds, 39)
+    assert F.cosine_similarity(got, expected, dim=-1).min() > DYNAMIC_ACTIVATIONS_COSINE
+    assert_same_argmax_except_near_ties(got, expected)
+    assert F.cosine_similarity(expected, exact, dim=-1).min() > 0.998
 
 
 @pytest.mark.parametrize("name, cosine", [("xnnpack-offline-qa", DYNAMIC_ACTIVATIONS_COSINE),
