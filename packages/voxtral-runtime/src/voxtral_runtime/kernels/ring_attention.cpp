@@ -25,10 +25,6 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -49,6 +45,7 @@ typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 
 // A bfloat16 cache element: the top half of a float32.
 typedef uint16_t bf16;
@@ -75,6 +72,7 @@ constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 typedef float f32x8_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 typedef float f32x16_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
 typedef uint16_t u16x8_unaligned __attribute__((vector_size(16), aligned(2), may_alias));
+typedef uint16_t u16x16_unaligned __attribute__((vector_size(32), aligned(2), may_alias));
 
 inline f32x8 load8(const float* p) { return *reinterpret_cast<const f32x8_unaligned*>(p); }
 inline f32x8 load8(const bf16* p) {
@@ -84,11 +82,8 @@ inline void store8(float* p, f32x8 v) { *reinterpret_cast<f32x8_unaligned*>(p) =
 
 #if defined(__AVX512F__)
 inline vec load(const float* p) { return *reinterpret_cast<const f32x16_unaligned*>(p); }
-// With intrinsics: compilers that prefer 256-bit vectors split the generic widening into halves (5 instructions
-// instead of a zero-extending load and a shift).
 inline vec load(const bf16* p) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return (vec)_mm512_slli_epi32(wide, 16);
+  return (f32x16)(__builtin_convertvector(*reinterpret_cast<const u16x16_unaligned*>(p), u32x16) << 16);
 }
 inline void store(float* p, vec v) { *reinterpret_cast<f32x16_unaligned*>(p) = v; }
 // The two halves added: 8 lanes.
