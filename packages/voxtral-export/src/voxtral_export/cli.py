@@ -31,7 +31,7 @@ and small, but slower (on XNNPACK the matmul itself is still delegated). 8w embe
 Metal takes fpa4w.
 
 recipes:
-  XNNPACK, streaming: --streaming --qlinear-encoder 8da4w --qlinear 8da4w --qembedding 8w
+  XNNPACK, streaming: --streaming --kv-cache-dtype bf16 --qlinear-encoder 8da4w --qlinear 8da4w --qembedding 8w
   XNNPACK, offline:   --qlinear-encoder 8da4w --qlinear 8da4w --qembedding 8w
   Metal (macOS):      --backend metal --dtype bf16 --qlinear-encoder fpa4w --qlinear fpa4w
 """
