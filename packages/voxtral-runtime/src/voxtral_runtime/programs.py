@@ -164,7 +164,8 @@ class ModelSpec:
         m = self.meta
         return {
             "model": str(self.paths.model), "backend": m.backend, "quantization": m.quantization, "dtype": m.dtype,
-            "kv_cache_dtype": m.kv_cache_dtype or m.dtype, "streaming": self.streaming, "delay_ms": m.delay_ms, "step_ms": m.step_ms,
+            "kv_cache_dtype": m.kv_cache_dtype or m.dtype, "streaming": self.streaming, "delay_ms": m.delay_ms,
+            "step_ms": m.step_ms,
             "decoder_window_tokens": m.sliding_window, "encoder_window_frames": m.max_enc_len,
             "max_seq_len": m.max_seq_len, "vocab_size": m.vocab_size, "sample_rate": m.sample_rate,
         }
