@@ -14,6 +14,7 @@ hours with flat memory. At the end of the audio, EOS stops decoding as in the re
 from __future__ import annotations
 
 import bisect
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,24 @@ from .tokenizer import StreamingDetokenizer
 FLUSH, END_OF_AUDIO, MODEL_EOS, MAX_NEW_TOKENS = "flush", "end_of_audio", "model_eos", "max_new_tokens"
 # Reasons a caller gives `finish` when the audio is cut rather than ended by the client.
 SERVER_SHUTDOWN, SESSION_LIMIT = "server_shutdown", "session_limit"
+
+
+class State(enum.Enum):
+    """Where a session is. DECODING -> STOPPED when the token cap is reached or the model ends the audio with EOS;
+    DECODING or STOPPED -> FINISHED at `finish`. An offline session goes back from STOPPED to DECODING at its next
+    segment unless the cap was reached (each segment's EOS ends only that segment)."""
+
+    DECODING = "decoding"  # each step samples a token
+    STOPPED = "stopped"  # steps consume audio without running the model
+    FINISHED = "finished"  # no more audio, flush or finish
+
+
+class Tail(enum.Enum):
+    """What the audio being decoded is, which decides what the model's EOS means (Session._token_events)."""
+
+    LIVE = "live"  # client audio: EOS ends a segment, decoding goes on
+    FLUSH = "flush"  # a flush's padding: the flush's own event ends the segment
+    END = "end"  # the end of the audio: EOS stops decoding, as in the reference
 
 
 class SessionError(ValueError):
@@ -154,6 +173,8 @@ class Session:
 
     def __init__(self, spec: ModelSpec, instance: ModelInstance, prompt_embeds: torch.Tensor,
                  sampler: Sampler | None = None, max_new_tokens: int | None = None, token_ids: bool = False):
+        """`prompt_embeds`: the prompt's token embeddings (Engine computes them once for all sessions);
+        `max_new_tokens`: the cap on sampled tokens (None: no cap); `token_ids`: pieces carry their token ids."""
         meta = spec.meta
         self.spec, self.instance = spec, instance
         self.rate = meta.sample_rate
@@ -169,33 +190,37 @@ class Session:
         self.timeline = Timeline(self.left_pad, self.rate)
         self.client_samples = 0
         self.sampled = 0
+        self.steps_computed = 0  # 80 ms steps the decoder ran (steps skipped after the token cap do not count)
         self.pending_ids: list[int] = []
         self.segment_text: list[str] = []
         self.segment_start_s = 0.0
-        self.in_eos = False
-        self.stopped = False  # max_new_tokens reached
-        self.finished = False
+        self.after_eos = False  # the last token sampled was EOS (a run of EOS ends one segment, not several)
+        self.state = State.DECODING
 
     # -- events -------------------------------------------------------------------------------------------------
 
-    def _token_events(self, token: int, step: int, events: list, mode: str) -> None:
-        """Turns a sampled token into events. EOS stops decoding at the end of audio (mode END_OF_AUDIO), ends a
-        segment in live audio (mode None), and is absorbed by a flush, whose own event ends the segment."""
+    @property
+    def decoding(self) -> bool:
+        return self.state is State.DECODING
+
+    def _token_events(self, token: int, step: int, events: list, tail: Tail) -> None:
+        """Turns a sampled token into events. EOS stops decoding at the end of audio, ends a segment in live audio,
+        and is absorbed by a flush, whose own event ends the segment."""
         self.sampled += 1
         self.pending_ids.append(token)
         if token == self.eos:
-            if mode == END_OF_AUDIO:
-                self.stopped = True
-            elif mode is None and not self.in_eos:
+            if tail is Tail.END:
+                self.state = State.STOPPED
+            elif tail is Tail.LIVE and not self.after_eos:
                 events.append(self._segment_end(MODEL_EOS, self._audio_end_s()))
-            self.in_eos = True
+            self.after_eos = True
             return
-        self.in_eos = False
+        self.after_eos = False
         text = self.detok.push(token)
         if text or self.want_ids:
             self._piece(text, step, events)
-        if self.max_new_tokens is not None and self.sampled >= self.max_new_tokens:
-            self.stopped = True
+        if self._limit_reached():
+            self.state = State.STOPPED
             events.append(self._segment_end(MAX_NEW_TOKENS, self._audio_end_s()))
 
     def _limit_reached(self) -> bool:
@@ -229,7 +254,7 @@ class Session:
         """Work that needs no client audio, done before the first audio arrives (see StreamingSession)."""
 
     def check_audio(self, samples: np.ndarray) -> np.ndarray:
-        if self.finished:
+        if self.state is State.FINISHED:
             raise SessionError("audio after the end of the session")
         try:
             return check_float_range(np.asarray(samples).reshape(-1), "audio")
@@ -240,9 +265,10 @@ class Session:
 class StreamingSession(Session):
     """Over a streaming program: one encoder step and one decoder step per 80 ms of audio, as audio arrives."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        meta = self.spec.meta
+    def __init__(self, spec: ModelSpec, instance: ModelInstance, prompt_embeds: torch.Tensor,
+                 sampler: Sampler | None = None, max_new_tokens: int | None = None, token_ids: bool = False):
+        super().__init__(spec, instance, prompt_embeds, sampler, max_new_tokens, token_ids)
+        meta = spec.meta
         self.window = meta.stream_window_samples
         self.left_context = meta.stream_left_context
         self.lookahead = meta.stream_lookahead
@@ -293,13 +319,13 @@ class StreamingSession(Session):
         offset = step * self.tok - self.left_context - self.buf_start
         return torch.from_numpy(self.buf[offset : offset + self.window])
 
-    def _run_steps(self, events: list, mode: str | None = None) -> None:
+    def _run_steps(self, events: list, tail: Tail = Tail.LIVE) -> None:
         """Runs every ready step. Steps that are queued (audio arrived faster than the model runs, or the leading
         silence) are encoded up to `max_encoder_steps` per encoder call: the encoder is causal, so the embeddings
         are those of one step per call, and its weights are read once per call instead of once per step."""
         run, inst = self.instance.run, self.instance
         while (ready := self._ready_steps()) > 0:
-            if self.stopped:  # max_new_tokens reached or EOS at the end: consume audio without computing
+            if not self.decoding:  # max_new_tokens reached or EOS at the end: consume audio without computing
                 self.step_index += ready
                 return
             first, n = self.step_index, min(ready, self.max_encoder_steps)
@@ -310,11 +336,12 @@ class StreamingSession(Session):
             self.encoder_calls += 1
             for i in range(n):
                 self.step_index += 1
-                if self.stopped:
+                if not self.decoding:
                     continue
+                self.steps_computed += 1
                 token = self.loop.step(audio[:, i : i + 1])
                 if token is not None:
-                    self._token_events(token, first + i, events, mode)
+                    self._token_events(token, first + i, events, tail)
 
     def feed(self, samples: np.ndarray) -> list:
         samples = self.check_audio(samples)
@@ -338,29 +365,29 @@ class StreamingSession(Session):
         """Emits what is pending as at the end of audio, then stays usable (the inserted silence stays too). With no
         audio since the previous flush (or the start) nothing is pending: the empty segment ends without running the
         model, so that a flood of flushes costs nothing."""
-        if self.finished:
+        if self.state is State.FINISHED:
             raise SessionError("flush after the end of the session")
         if self.client_samples == self.flushed_at:
             return [self._segment_end(FLUSH, self._audio_end_s())]
         self.flushed_at = self.client_samples
         events: list = []
         self._pad_out(extra_tokens=1)  # one more token of silence: the look-ahead of the last padded step
-        self._run_steps(events, FLUSH)
-        self.in_eos = False
-        if not self.stopped:
+        self._run_steps(events, Tail.FLUSH)
+        self.after_eos = False
+        if self.decoding:
             events.append(self._segment_end(FLUSH, self._audio_end_s()))
         return events
 
     def finish(self, reason: str = END_OF_AUDIO) -> list:
         """Decodes what remains and ends the last segment with `reason` (END_OF_AUDIO, or why the audio was cut)."""
-        if self.finished:
+        if self.state is State.FINISHED:
             return []
         events: list = []
         self._pad_out(extra_tokens=0)
         self._append(np.zeros(self.lookahead, dtype=np.float32))
         hit_limit = self._limit_reached()
-        self._run_steps(events, END_OF_AUDIO)
-        self.finished = True
+        self._run_steps(events, Tail.END)
+        self.state = State.FINISHED
         if not hit_limit and not self._limit_reached():
             events.append(self._segment_end(reason, self._audio_end_s()))
         return events
@@ -369,9 +396,10 @@ class StreamingSession(Session):
 class OfflineSession(Session):
     """Over an offline program: audio is buffered; a flush or the end transcribes it in one encoder pass."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        meta = self.spec.meta
+    def __init__(self, spec: ModelSpec, instance: ModelInstance, prompt_embeds: torch.Tensor,
+                 sampler: Sampler | None = None, max_new_tokens: int | None = None, token_ids: bool = False):
+        super().__init__(spec, instance, prompt_embeds, sampler, max_new_tokens, token_ids)
+        meta = spec.meta
         self.block = meta.encoder_block_tokens * self.tok
         self.max_tokens = min(meta.max_seq_len, meta.max_audio_tokens)
         self.chunks: list[np.ndarray] = []
@@ -416,34 +444,36 @@ class OfflineSession(Session):
         self.timeline.insert_silence(self.left_pad + len(audio), self.client_samples, total - len(audio))
         self.loop.reset()
         for position in range(n_tok):
+            self.steps_computed += 1
             token = self.loop.step(embeds[:, position : position + 1])
             if token is not None:
-                self._token_events(token, position, events, END_OF_AUDIO)
-            if self.stopped:
+                self._token_events(token, position, events, Tail.END)
+            if not self.decoding:
                 break
-        self.stopped = self._limit_reached()  # an EOS ends only this segment
-        self.in_eos = False
+        # An EOS ends only this segment: the next one decodes again unless the cap was reached.
+        self.state = State.STOPPED if self._limit_reached() else State.DECODING
+        self.after_eos = False
         self.processed_s = self._audio_end_s()
 
-    def flush(self) -> list:
-        if self.finished:
-            raise SessionError("flush after the end of the session")
+    def _end_segment(self, reason: str) -> list:
+        """Transcribes the buffered audio and ends its segment with `reason` (unless the token cap ended it)."""
         events: list = []
-        if not self.stopped:
+        if self.decoding:
             self._transcribe(events)
-            if not self.stopped:
-                events.append(self._segment_end(FLUSH, self._audio_end_s()))
+            if self.decoding:
+                events.append(self._segment_end(reason, self._audio_end_s()))
         return events
 
+    def flush(self) -> list:
+        if self.state is State.FINISHED:
+            raise SessionError("flush after the end of the session")
+        return self._end_segment(FLUSH)
+
     def finish(self, reason: str = END_OF_AUDIO) -> list:
-        if self.finished:
+        if self.state is State.FINISHED:
             return []
-        events: list = []
-        if not self.stopped:
-            self._transcribe(events)
-            if not self.stopped:
-                events.append(self._segment_end(reason, self._audio_end_s()))
-        self.finished = True
+        events = self._end_segment(reason)
+        self.state = State.FINISHED
         return events
 
 
@@ -465,6 +495,14 @@ class HeldAudioSession:
     @property
     def encoder_calls(self) -> int:
         return self.inner.encoder_calls
+
+    @property
+    def steps_computed(self) -> int:
+        return self.inner.steps_computed
+
+    @property
+    def sampled(self) -> int:
+        return self.inner.sampled
 
     def prepare(self) -> None:
         self.inner.prepare()
