@@ -16,9 +16,11 @@ from voxtral_runtime.limits import ServerOptions
 from voxtral_runtime.server import Server
 
 
-def start_in_process(bundle: Path, **options) -> Server:
+def start_in_process(bundle: Path, websocket_port: int | None = None, metrics_port: int | None = None,
+                     **options) -> Server:
     tls = options.pop("tls", None)
-    return Server(BundlePaths.resolve(bundle), "127.0.0.1", 0, ServerOptions(**options), tls)
+    return Server(BundlePaths.resolve(bundle), "127.0.0.1", 0, ServerOptions(**options), tls,
+                  websocket_port=websocket_port, metrics_port=metrics_port)
 
 
 class ServerProcess:
@@ -35,7 +37,9 @@ class ServerProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{self.output()}")
             time.sleep(0.2)
-        self.address = f"127.0.0.1:{port_file.read_text()}"
+        grpc_port, *others = port_file.read_text().splitlines()
+        self.address = f"127.0.0.1:{grpc_port}"
+        self.ports = dict(line.split() for line in others)  # "websocket PORT", "metrics PORT"
 
     def output(self) -> str:
         self.log.flush()

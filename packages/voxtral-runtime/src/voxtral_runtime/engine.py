@@ -26,6 +26,7 @@ class Engine:
         self.prompt_embeds = first.run(first.token_embedding, prompt)
         self._spare: list[ModelInstance] = [first]  # idle instances, reused before new ones are loaded
         self._spare_lock = threading.Lock()
+        self.instances_loaded = 1  # idle and in use (a metric)
 
     @property
     def streaming(self) -> bool:
@@ -36,7 +37,15 @@ class Engine:
         with self._spare_lock:
             if self._spare:
                 return self._spare.pop()
-        return ModelInstance(self.spec)
+        instance = ModelInstance(self.spec)
+        with self._spare_lock:
+            self.instances_loaded += 1
+        return instance
+
+    def drop(self, instance: ModelInstance) -> None:
+        """Forgets an instance that must not serve again (its outputs turned non-finite)."""
+        with self._spare_lock:
+            self.instances_loaded -= 1
 
     def release(self, instance: ModelInstance) -> None:
         """Hands an instance back for a later session. A new session starts at position 0 and needs no reset: its

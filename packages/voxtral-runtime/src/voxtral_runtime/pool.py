@@ -52,6 +52,7 @@ class InstancePool:
 
     def discard(self, instance: ModelInstance) -> None:
         """A session's instance faulted: it is dropped, never reused."""
+        self.engine.drop(instance)
         del instance
         with self._lock:
             self.active -= 1

@@ -2,7 +2,8 @@
 
 This file is the server's lifecycle and command line: start gRPC (health answers NOT_SERVING while the model loads),
 load and warm the model, serve, and stop. The service itself is servicer.py, admission pool.py, the per-call
-request buffer inbox.py, the limits limits.py.
+request buffer inbox.py, the limits limits.py; the optional websocket endpoint (vLLM's /v1/realtime protocol) is
+realtime_ws.py and the Prometheus metrics metrics.py. Both transports share the engine and its session slots.
 
 Stopping (SIGTERM or Ctrl+C): health turns NOT_SERVING, no new session is accepted, every session stops reading its
 stream and decodes the audio it had received, then ends with a Final of reason SERVER_SHUTDOWN and the status
@@ -30,8 +31,10 @@ from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 from . import limits
 from .engine import Engine
 from .limits import ServerOptions
+from .metrics import Metrics
 from .pool import InstancePool
 from .programs import BundlePaths, ProgramError
+from .realtime_ws import RealtimeWebsocket
 from .servicer import RealtimeServicer
 
 log = logging.getLogger("voxtral_runtime.server")
@@ -62,7 +65,9 @@ class Server:
 
     def __init__(self, paths: BundlePaths, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  options: ServerOptions = ServerOptions(), tls: tuple[bytes, bytes] | None = None,
-                 verify: bool = True):
+                 verify: bool = True, websocket_port: int | None = None, metrics_port: int | None = None):
+        """`websocket_port`, `metrics_port`: serve those too (0 picks a free port; None: not served); the bound
+        ports are `self.websocket_port` and `self.metrics_port`."""
         self.shutdown = threading.Event()
         logging.getLogger("grpc._common").addFilter(PARSE_ERRORS)  # adding the same filter twice is a no-op
         self.grpc = grpc.server(
@@ -87,29 +92,51 @@ class Server:
         self.servicer = RealtimeServicer(options, self.shutdown)
         pb_grpc.add_RealtimeServicer_to_server(self.servicer, self.grpc)
         self.grpc.start()  # health answers NOT_SERVING while the model loads
+        self.websocket: RealtimeWebsocket | None = None
+        self.metrics: Metrics | None = None
         try:
             self.engine = Engine(paths, verify=verify)
             pool = InstancePool(self.engine, options.max_sessions)
             first = self.engine.instance()
             self.engine.warm_up(first)
             self.engine.release(first)
+            meta = self.engine.spec.meta
+            self.metrics = Metrics(meta.step_samples / meta.sample_rate, lambda: self.engine.instances_loaded,
+                                   options.max_sessions)
+            self.metrics_port = self.metrics.serve(host, metrics_port) if metrics_port is not None else None
+            if websocket_port is not None:
+                self.websocket = RealtimeWebsocket(self.engine, pool, options, self.shutdown, self.metrics, host,
+                                                   websocket_port, tls)
         except Exception:
             self.grpc.stop(0)
+            if self.metrics is not None:
+                self.metrics.close()
             raise
-        self.servicer.ready(self.engine, pool)
+        self.websocket_port = self.websocket.port if self.websocket else None
+        self.servicer.ready(self.engine, pool, self.metrics)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float) -> None:
         """No new sessions; those in flight decode what they received within `grace` seconds, then are cut."""
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
         self.shutdown.set()
         self.servicer.stop_reading()
         self.grpc.stop(grace).wait()
+        self._close_others(max(deadline - time.monotonic(), 0))
 
     def kill(self) -> None:
-        """Ends every call now (UNAVAILABLE)."""
+        """Ends every call now (UNAVAILABLE; websockets closed with 1001)."""
+        self.shutdown.set()
         self.grpc.stop(0)
+        self._close_others(0)
+
+    def _close_others(self, grace: float) -> None:
+        if self.websocket is not None:
+            self.websocket.close(grace)
+        if self.metrics is not None:
+            self.metrics.close()
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
@@ -150,7 +177,15 @@ def add_arguments(p) -> None:
     p.add_argument("--tls-key", type=Path, help="PEM private key")
     p.add_argument("--token", help="require 'authorization: Bearer <token>' on every call (or set "
                                    "VOXTRAL_TOKEN)")
-    p.add_argument("--port-file", type=Path, help="write the bound port here once serving (for scripts)")
+    p.add_argument("--websocket-port", type=int, default=None,
+                   help="also serve vLLM's realtime websocket protocol (ws://HOST:PORT/v1/realtime) on this port, "
+                        "with the same sessions, limits, token and TLS; 0 picks a free port (default: off)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics (http://HOST:PORT/metrics) on this port; 0 picks a free port "
+                        "(default: off)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once serving (for scripts); with "
+                                                  "--websocket-port/--metrics-port, also 'websocket PORT' and "
+                                                  "'metrics PORT' lines")
     p.add_argument("--no-verify", action="store_true",
                    help="skip checking the bundle's files against its manifest's sha256 (about 1.5 s for 2.5 GB)")
 
@@ -179,7 +214,8 @@ def run(args) -> int:
         paths = BundlePaths.resolve(args.bundle, args.model_path, args.preprocessor_path, args.tokenizer_path)
         tls = (args.tls_key.read_bytes(), args.tls_cert.read_bytes()) if args.tls_cert else None
         started = time.monotonic()
-        server = Server(paths, args.host, args.port, options, tls, verify=not args.no_verify)
+        server = Server(paths, args.host, args.port, options, tls, verify=not args.no_verify,
+                        websocket_port=args.websocket_port, metrics_port=args.metrics_port)
     except (ProgramError, OSError) as e:
         print(f"voxtral-runtime serve: error: {e}", file=sys.stderr)
         return 2
@@ -188,8 +224,15 @@ def run(args) -> int:
              "token required" if options.token else "no auth", options.max_sessions,
              "XNNPACK weights shared" if server.engine.spec.shares_weights else "weights per session",
              time.monotonic() - started)
+    if server.websocket_port is not None:
+        log.info("realtime websocket on %s://%s:%d/v1/realtime", "wss" if tls else "ws", args.host,
+                 server.websocket_port)
+    if server.metrics_port is not None:
+        log.info("Prometheus metrics on http://%s:%d/metrics", args.host, server.metrics_port)
     if args.port_file:
-        args.port_file.write_text(str(server.port))
+        extra = "".join(f"\n{name} {port}" for name, port in (("websocket", server.websocket_port),
+                                                              ("metrics", server.metrics_port)) if port is not None)
+        args.port_file.write_text(f"{server.port}{extra}")
     stopping = threading.Event()
 
     def on_signal(signum, frame):

@@ -28,6 +28,7 @@ from .audio import AudioError, StreamResampler, decode_f32le, decode_pcm16le
 from .engine import Engine
 from .inbox import END, GONE, Inbox
 from .limits import ServerOptions
+from .metrics import Metrics
 from .pool import InstanceLoadError, InstancePool, PoolFull
 from .session import (END_OF_AUDIO, FLUSH, MAX_NEW_TOKENS, MODEL_EOS, SERVER_SHUTDOWN, SESSION_LIMIT, ModelFault,
                       SegmentEnd, SessionError, SessionLimit, TextPiece)
@@ -73,8 +74,8 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
         self._inboxes: set[Inbox] = set()
         self._inboxes_lock = threading.Lock()
 
-    def ready(self, engine: Engine, pool: InstancePool) -> None:
-        self.pool, self.rate = pool, engine.spec.meta.sample_rate
+    def ready(self, engine: Engine, pool: InstancePool, metrics: Metrics) -> None:
+        self.pool, self.rate, self.metrics = pool, engine.spec.meta.sample_rate, metrics
         self.engine = engine
 
     def stop_reading(self) -> None:
@@ -147,7 +148,7 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
         if self.shutdown.is_set():
             inbox.close()
         session_id = uuid.uuid4().hex[:12]
-        instance, faulted = None, False
+        instance, faulted, call, code = None, False, None, "OK"
         try:
             config = self._config(self._first(inbox, context))
             try:
@@ -156,24 +157,32 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
                 raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
             except InstanceLoadError as e:
                 raise Abort(grpc.StatusCode.UNAVAILABLE, f"{e}; retry later") from None
-            call = SessionCall(self, config, instance, inbox, context)
+            call = SessionCall(self, config, instance, inbox, context, session_id)
             log.info("session %s started (%d Hz, %s, %s)", session_id, config.sample_rate_hz,
                      pb.AudioEncoding.Name(config.encoding), pb.TranscriptionMode.Name(config.mode))
             yield pb.TranscribeResponse(started=pb.SessionStarted(session_id=session_id))
             yield from call.run()
         except Abort as e:
             log.info("session %s: %s %s", session_id, e.code.name, e.message)
+            code = e.code.name
             context.abort(e.code, e.message)
         except SessionLimit as e:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED.name
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except SessionError as e:
+            code = grpc.StatusCode.INVALID_ARGUMENT.name
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except ModelFault as e:
-            faulted = True
+            faulted, code = True, grpc.StatusCode.INTERNAL.name
             log.error("session %s: %s; its program instance is discarded", session_id, e)
             context.abort(grpc.StatusCode.INTERNAL, f"{e} for this session's audio; the session was ended and its "
                                                     "program instance discarded")
+        except GeneratorExit:  # the call was cancelled while a response waited to be sent
+            code = grpc.StatusCode.CANCELLED.name
+            raise
         finally:
+            if call is not None:
+                call.meter.end(code)
             inbox.close()
             with self._inboxes_lock:
                 self._inboxes.discard(inbox)
@@ -211,7 +220,8 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
 class SessionCall:
     """One Transcribe call after admission: its session, resampler, limits and counters."""
 
-    def __init__(self, servicer: RealtimeServicer, config: pb.SessionConfig, instance, inbox: Inbox, context):
+    def __init__(self, servicer: RealtimeServicer, config: pb.SessionConfig, instance, inbox: Inbox, context,
+                 session_id: str):
         self.servicer, self.options, self.inbox, self.context = servicer, servicer.options, inbox, context
         engine = servicer.engine
         cap = self.options.token_cap(engine.spec.meta)
@@ -230,9 +240,15 @@ class SessionCall:
         self.samples = 0  # client samples accepted
         self.flushes = 0
         self.started = self.last_activity = time.monotonic()
+        self.meter = servicer.metrics.session("grpc", session_id, self.session)
+
+    def _model(self, call, *args) -> list:
+        """Runs one of the session's model calls (prepare, feed, flush, finish), timed for the metrics."""
+        return self.meter.run(call, *args)
 
     def _respond(self, events: list):
         received = self.inbox.received_bytes / self.sample_bytes / self.rate
+        self.meter.set_received(received)
         for event in events:
             if isinstance(event, TextPiece):
                 yield pb.TranscribeResponse(
@@ -290,7 +306,8 @@ class SessionCall:
             self.samples += len(chunk)
         joined = samples[0] if len(samples) == 1 else np.concatenate(samples) if samples else None
         try:
-            events = self.session.feed(self.resampler.process(joined)) if joined is not None and len(joined) else []
+            events = (self._model(self.session.feed, self.resampler.process(joined))
+                      if joined is not None and len(joined) else [])
         except SessionLimit as e:  # an offline segment too long: the audio held so far is still transcribed
             raise Cut(SESSION_LIMIT, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
         if problem is not None:
@@ -300,12 +317,13 @@ class SessionCall:
 
     def run(self):
         self.pending: list = []
-        self.session.prepare()  # the leading silence, while the client's first audio is on its way
+        self._model(self.session.prepare)  # the leading silence, while the client's first audio is on its way
         try:
             while True:
                 request = self._next()
                 if request is END:
-                    yield from self._respond(self.session.feed(self.resampler.flush()) + self.session.finish())
+                    yield from self._respond(self._model(self.session.feed, self.resampler.flush())
+                                             + self._model(self.session.finish))
                     return
                 kind = request.WhichOneof("request")
                 if kind == "audio":
@@ -315,7 +333,7 @@ class SessionCall:
                     if self.flushes > self.options.max_flushes:
                         raise Cut(SESSION_LIMIT, grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than "
                                   f"{self.options.max_flushes} flushes in one session (--max-flushes)")
-                    events = self.session.feed(self.resampler.flush()) + self.session.flush()
+                    events = self._model(self.session.feed, self.resampler.flush()) + self._model(self.session.flush)
                 elif kind == "config":
                     raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "a second SessionConfig; send it only first")
                 elif kind == "control":
@@ -326,7 +344,8 @@ class SessionCall:
                 if any(isinstance(e, SegmentEnd) and e.reason == MAX_NEW_TOKENS for e in events):
                     return
         except Cut as cut:
-            events = self.pending + self.session.feed(self.resampler.flush()) + self.session.finish(cut.reason)
+            events = (self.pending + self._model(self.session.feed, self.resampler.flush())
+                      + self._model(self.session.finish, cut.reason))
             yield from self._respond(events)
             raise Abort(cut.code, cut.message) from None
         except Abort:
