@@ -2,6 +2,7 @@
 
     voxtral-client --mic                         # speak; Ctrl+C flushes, prints the last words and exits 0
     voxtral-client --file speech.wav --json      # one JSON object per event
+    voxtral-client --file talk.wav --output talk.srt   # live text, and subtitles at the end (also .vtt, .json, .txt)
     voxtral-client --describe --server host:50051 --tls --token "$TOKEN"
 
 Exit codes: 0 success (also after Ctrl+C), 1 error (server status, connection, audio, microphone), 2 bad arguments,
@@ -31,6 +32,7 @@ from .audio import (
     read_wav,
 )
 from .client import DEFAULT_SERVER, FLUSH, Event, RealtimeClient, RealtimeError
+from .subtitles import FORMATS, Transcript, format_for
 
 
 class ClientError(Exception):
@@ -97,7 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--seed", type=_non_negative_int, default=None, help="sampling seed (with --temperature > 0)")
     out.add_argument("--max-new-tokens", type=_non_negative_int, default=0, metavar="N",
                      help="stop after N sampled tokens; 0: no limit (default)")
+    out.add_argument("--output", metavar="FILE",
+                     help="also write the transcript to FILE when the session ends (or is cut), in --output-format")
+    out.add_argument("--output-format", choices=FORMATS, default=None,
+                     help="text (a line per segment), json (text and timed segments), srt or vtt (subtitles: cues "
+                          "at segment ends and pauses); default: from --output's extension, else text. Without "
+                          "--output, json/srt/vtt go to stdout at the end instead of the live text")
     return p
+
+
+def output_format(args: argparse.Namespace) -> str:
+    return args.output_format or (format_for(args.output) if args.output else "text")
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -112,8 +124,11 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--device applies to --mic only")
     if args.token_ids and not args.json:
         parser.error("--token-ids needs --json")
+    if args.json and not args.output and output_format(args) != "text":
+        parser.error(f"--json and --output-format {args.output_format} both want stdout; write the file with --output")
     streaming_only = {"--offline": args.offline, "--temperature": args.temperature != 0.0,
-                      "--seed": args.seed is not None, "--max-new-tokens": args.max_new_tokens != 0}
+                      "--seed": args.seed is not None, "--max-new-tokens": args.max_new_tokens != 0,
+                      "--output": args.output is not None, "--output-format": args.output_format is not None}
     if not (args.mic or args.file):
         used = [flag for flag, on in streaming_only.items() if on]
         if used:
@@ -261,7 +276,18 @@ def _transcribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if stop.is_set():  # Ctrl+C: flush, then the end of the iterable half-closes the stream
             yield FLUSH
 
+    fmt = output_format(args)
+    document_on_stdout = fmt != "text" and not args.output
     printer = Printer(out, as_json=args.json, token_ids=args.token_ids)
+    transcript = Transcript()
+
+    def on_event(event: Event) -> None:
+        if event.kind == "delta":
+            transcript.add_text(event.text, event.start_s, event.end_s)
+        elif event.kind == "final":
+            transcript.end_segment()
+        if not document_on_stdout:
+            printer(event)
 
     def on_stop():
         if err.isatty():
@@ -282,11 +308,13 @@ def _transcribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
                     )
                     for event in events:
-                        printer(event)
+                        on_event(event)
                 except KeyboardInterrupt:
                     printer.end_line()
                     err.write("error: CANCELLED: interrupted\n")
                     return 130
+                finally:  # a session cut by an error still leaves what it transcribed
+                    _write_transcript(transcript, fmt, args.output, out if document_on_stdout else None)
     finally:
         stop.set()
         if mic is not None:
@@ -295,6 +323,17 @@ def _transcribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 err.write(f"warning: the microphone dropped audio {mic.overflows} times (input overflow)\n")
     printer.end_line()
     return 0
+
+
+def _write_transcript(transcript: Transcript, fmt: str, path: str | None, stdout: TextIO | None) -> None:
+    if stdout is not None:
+        stdout.write(transcript.render(fmt))
+        stdout.flush()
+    elif path:
+        try:
+            transcript.write(path, fmt)
+        except OSError as e:
+            raise ClientError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:

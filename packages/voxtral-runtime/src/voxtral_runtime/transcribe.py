@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from voxtral_client.subtitles import FORMATS, Transcript, format_for
 
 from .audio import AudioError, load_audio
 from .engine import Engine
@@ -20,28 +21,38 @@ PROGRESS_EVERY_S = 2.0
 
 
 class Printer:
-    """Prints text as it is decoded, or one JSON object per event."""
+    """Prints text as it is decoded, or one JSON object per event (or nothing, `live=False`); keeps the timed
+    transcript for --output."""
 
-    def __init__(self, as_json: bool, out=sys.stdout):
-        self.as_json, self.out = as_json, out
+    def __init__(self, as_json: bool, out=sys.stdout, live: bool = True):
+        self.as_json, self.out, self.live = as_json, out, live
         self.text: list[str] = []
+        self.transcript = Transcript()
 
     def __call__(self, events: list) -> None:
         for event in events:
             if isinstance(event, TextPiece):
-                self.text.append(event.text)
-                if self.as_json:
-                    self._json({"type": "text", "text": event.text, "start_s": round(event.start_s, 3),
-                                "end_s": round(event.end_s, 3), "step": event.step, "token_ids": event.token_ids})
-                else:
-                    self.out.write(event.text)
+                self.transcript.add_text(event.text, event.start_s, event.end_s)
             elif isinstance(event, SegmentEnd):
-                if self.as_json:
-                    self._json({"type": "final", "reason": event.reason, "text": event.text,
-                                "start_s": round(event.start_s, 3), "end_s": round(event.end_s, 3)})
-                elif event.text:
-                    self.out.write("\n")
-            self.out.flush()
+                self.transcript.end_segment()
+            if self.live:
+                self._print(event)
+
+    def _print(self, event) -> None:
+        if isinstance(event, TextPiece):
+            self.text.append(event.text)
+            if self.as_json:
+                self._json({"type": "text", "text": event.text, "start_s": round(event.start_s, 3),
+                            "end_s": round(event.end_s, 3), "step": event.step, "token_ids": event.token_ids})
+            else:
+                self.out.write(event.text)
+        elif isinstance(event, SegmentEnd):
+            if self.as_json:
+                self._json({"type": "final", "reason": event.reason, "text": event.text,
+                            "start_s": round(event.start_s, 3), "end_s": round(event.end_s, 3)})
+            elif event.text:
+                self.out.write("\n")
+        self.out.flush()
 
     def _json(self, obj: dict) -> None:
         self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -123,16 +134,27 @@ def add_arguments(p) -> None:
                    help="stop after this many sampled tokens")
     p.add_argument("--token-ids", action="store_true", help="with --json: include token ids (and control tokens)")
     p.add_argument("--json", action="store_true", help="one JSON object per event (text with timestamps, finals)")
+    p.add_argument("--output", type=Path, help="also write the transcript to this file at the end, in --output-format")
+    p.add_argument("--output-format", choices=FORMATS, default=None,
+                   help="text (a line per segment), json (text and timed segments), srt or vtt (subtitles: cues at "
+                        "segment ends and pauses); default: from --output's extension, else text. Without --output, "
+                        "json/srt/vtt go to stdout at the end instead of the live text")
 
 
 def run(args) -> int:
     if bool(args.audio_path) == bool(args.mic):
         print("voxtral-runtime transcribe: error: pass exactly one of --audio_path or --mic", file=sys.stderr)
         return 2
+    fmt = args.output_format or (format_for(args.output) if args.output else "text")
+    document_on_stdout = fmt != "text" and not args.output
+    if document_on_stdout and args.json:
+        print(f"voxtral-runtime transcribe: error: --json and --output-format {fmt} both want stdout; write the "
+              "file with --output", file=sys.stderr)
+        return 2
     try:
         paths = BundlePaths.resolve(args.bundle, args.model_path, args.preprocessor_path, args.tokenizer_path)
         engine = Engine(paths)
-        printer = Printer(args.json)
+        printer = Printer(args.json, live=not document_on_stdout)
         options = dict(temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
                        token_ids=args.token_ids)
         if args.mic:
@@ -142,4 +164,12 @@ def run(args) -> int:
     except (ProgramError, AudioError, SessionError, ValueError) as e:
         print(f"voxtral-runtime transcribe: error: {e}", file=sys.stderr)
         return 2
+    if document_on_stdout:
+        sys.stdout.write(printer.transcript.render(fmt))
+    elif args.output:
+        try:
+            printer.transcript.write(args.output, fmt)
+        except OSError as e:
+            print(f"voxtral-runtime transcribe: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 1
     return 0
