@@ -27,23 +27,22 @@ from .row_chunks import quantize_in_row_chunks
 ROW_CHUNKED = ("4w", "8w", "8da4w", "8da8w")  # schemes whose weights torchao stores as IntxUnpackedToInt8Tensor
 
 
+WEIGHT_ONLY = {"4w": torch.int4, "8w": torch.int8}  # scheme -> weight dtype; activations stay float
+DYNAMIC_ACTIVATIONS = {"8da4w": torch.int4, "8da8w": torch.int8}  # activations quantized to int8 per token, per call
+
+
 def linear_config(scheme: str, group_size: int):
     """The torchao config for a linear scheme (as the ExecuTorch example maps its flags)."""
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
 
     granularity = PerGroup(group_size) if scheme in GROUPED and group_size else PerAxis(0)
-    if scheme == "4w":
-        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=granularity,
+    if scheme in WEIGHT_ONLY:
+        return IntxWeightOnlyConfig(weight_dtype=WEIGHT_ONLY[scheme], granularity=granularity,
                                     intx_choose_qparams_algorithm="hqq_scale_only")
-    if scheme == "8w":
-        return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=granularity,
-                                    intx_choose_qparams_algorithm="hqq_scale_only")
-    if scheme == "8da4w":
-        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=granularity,
-                                                     intx_choose_qparams_algorithm="hqq_scale_only")
-    if scheme == "8da8w":
-        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=granularity,
+    if scheme in DYNAMIC_ACTIVATIONS:
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=DYNAMIC_ACTIVATIONS[scheme],
+                                                     weight_granularity=granularity,
                                                      intx_choose_qparams_algorithm="hqq_scale_only")
     if scheme == "fpa4w":  # Metal only; needs torchao built with its experimental MPS kernels (macOS)
         from torchao.experimental.quant_api import UIntxWeightOnlyConfig

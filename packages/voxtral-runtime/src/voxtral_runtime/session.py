@@ -488,24 +488,10 @@ class HeldAudioSession:
         self.held: list[np.ndarray] = []
         self.held_samples = 0
 
-    @property
-    def audio_processed_s(self) -> float:
-        return self.inner.audio_processed_s
-
-    @property
-    def encoder_calls(self) -> int:
-        return self.inner.encoder_calls
-
-    @property
-    def steps_computed(self) -> int:
-        return self.inner.steps_computed
-
-    @property
-    def sampled(self) -> int:
-        return self.inner.sampled
-
-    def prepare(self) -> None:
-        self.inner.prepare()
+    def __getattr__(self, name: str):
+        """What it does not hold itself (progress and counters: audio_processed_s, steps_computed, sampled,
+        encoder_calls; prepare) is the streaming session's."""
+        return getattr(self.inner, name)
 
     def feed(self, samples: np.ndarray) -> list:
         samples = self.inner.check_audio(samples)
