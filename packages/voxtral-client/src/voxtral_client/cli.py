@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     conn = p.add_argument_group("connection")
     conn.add_argument("--server", default=os.environ.get("VOXTRAL_SERVER", DEFAULT_SERVER), metavar="HOST:PORT",
-                      help="server address (default: $VOXTRAL_SERVER or %(default)s)")
+                      help="server address, or several replicas as HOST:PORT,HOST:PORT (sessions go round-robin "
+                           "to those serving; one that is full or stopping is skipped); default: $VOXTRAL_SERVER "
+                           "or %(default)s")
     conn.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates by default)")
     conn.add_argument("--ca-cert", metavar="PEM", help="CA certificate to verify the server with (needs --tls)")
     conn.add_argument("--token", default=os.environ.get("VOXTRAL_TOKEN"),
@@ -113,9 +115,10 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    port = args.server.rpartition(":")[2]
-    if port.isdigit() and not 0 < int(port) < 65536:  # gRPC would silently take the port modulo 65536
-        parser.error(f"--server {args.server}: the port must be 1..65535")
+    for server in args.server.split(","):
+        port = server.rpartition(":")[2]
+        if port.isdigit() and not 0 < int(port) < 65536:  # gRPC would silently take the port modulo 65536
+            parser.error(f"--server {server}: the port must be 1..65535")
     if args.ca_cert and not args.tls:
         parser.error("--ca-cert needs --tls")
     if args.fast and not args.file:
@@ -207,6 +210,8 @@ def _enum_prefix(enum_type) -> str:
 def _client(args: argparse.Namespace) -> RealtimeClient:
     try:
         return RealtimeClient(args.server, tls=args.tls, ca_cert=args.ca_cert, token=args.token)
+    except ValueError as e:  # an address that is not host:port or does not resolve
+        raise ClientError(f"--server: {e}") from e
     except OSError as e:
         raise ClientError(f"cannot read CA certificate {args.ca_cert}: {e.strerror or e}") from e
 

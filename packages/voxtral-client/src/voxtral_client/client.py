@@ -9,6 +9,11 @@
             if event.kind == "delta":
                 print(event.text, end="", flush=True)
 
+Several replicas: pass a list of servers (or "host1:port,host2:port"), or one DNS name that resolves to several
+addresses. gRPC then balances sessions round-robin over the replicas that answer their health check SERVING, and
+a session refused at admission (RESOURCE_EXHAUSTED: that replica is full; UNAVAILABLE: it is loading or stopping)
+is retried on the next one (SERVICE_CONFIG below; docs/runtime.md, "Replicas").
+
 `transcribe` takes any iterable of audio chunks (bytes in the session's encoding, or numpy arrays, converted) in
 which the FLUSH sentinel asks the server to emit everything pending; the end of the iterable ends the audio. It
 yields `Event`s as the server streams them. Server errors are raised as `RealtimeError` (a gRPC status code and
@@ -17,8 +22,11 @@ its message).
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,20 @@ from .proto import realtime_pb2 as pb
 from .proto import realtime_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+SERVICE = pb.DESCRIPTOR.services_by_name["Realtime"].full_name
+# Round-robin over the replicas whose health service says SERVING; a call refused before the server answered
+# anything (admission: all slots busy, loading, stopping) is retried on the next replica. gRPC retries only calls
+# that have received no response and whose sent messages still fit its retry buffer (256 KiB by default: 8 s of
+# 16 kHz PCM16), so a session that has started is never replayed.
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": SERVICE},
+    "methodConfig": [{
+        "name": [{"service": SERVICE}],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["RESOURCE_EXHAUSTED", "UNAVAILABLE"]},
+    }],
+})
 
 _ENCODINGS = {PCM16LE: pb.AUDIO_ENCODING_PCM16LE, F32LE: pb.AUDIO_ENCODING_F32LE}
 _REASONS = {
@@ -161,29 +183,69 @@ def encode_chunk(chunk: bytes | bytearray | memoryview | np.ndarray, encoding: s
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
-class RealtimeClient:
-    """Client of one server. Thread-safe; several sessions may run at once over its channel.
+def split_servers(servers: str | Sequence[str]) -> list[str]:
+    """"a:1,b:2" or ["a:1", "b:2"] -> ["a:1", "b:2"]."""
+    items = servers.split(",") if isinstance(servers, str) else list(servers)
+    items = [s.strip() for s in items if s.strip()]
+    if not items:
+        raise ValueError("no server address given")
+    return items
 
-    server: "host:port". tls: use TLS (system roots, or ca_cert: a PEM file). token: sent as
-    `authorization: Bearer <token>` with every call. options: extra gRPC channel options.
+
+def channel_target(servers: list[str]) -> str:
+    """One server: itself (gRPC's DNS resolver then uses every address of the name). Several: their addresses,
+    resolved now, as one gRPC target ("ipv4:1.2.3.4:50051,1.2.3.5:50051")."""
+    if len(servers) == 1:
+        return servers[0]
+    addresses: dict[int, list[str]] = {4: [], 6: []}
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ValueError(f"server {server!r} is not host:port")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise ValueError(f"cannot resolve server {server!r}: {e.strerror}") from None
+        for family, *_, address in infos:
+            ip = ipaddress.ip_address(address[0])
+            entry = f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+            if entry not in addresses[ip.version]:
+                addresses[ip.version].append(entry)
+    version = 4 if addresses[4] else 6
+    return f"ipv{version}:" + ",".join(addresses[version])
+
+
+class RealtimeClient:
+    """Client of one server or several replicas. Thread-safe; several sessions may run at once over its channel.
+
+    server: "host:port", or several ("host1:port,host2:port" or a list; see the module's docstring). tls: use TLS
+    (system roots, or ca_cert: a PEM file; with several servers the certificates are checked against the first
+    one's host name). token: sent as `authorization: Bearer <token>` with every call. options: extra gRPC
+    channel options.
     """
 
     def __init__(
         self,
-        server: str = DEFAULT_SERVER,
+        server: str | Sequence[str] = DEFAULT_SERVER,
         tls: bool = False,
         ca_cert: str | Path | None = None,
         token: str | None = None,
         options: list[tuple[str, Any]] | None = None,
     ):
-        self.server = server
+        servers = split_servers(server)
+        self.server = ",".join(servers)
         if ca_cert is not None and not tls:
             raise ValueError("ca_cert needs tls=True")
+        options = [("grpc.service_config", SERVICE_CONFIG), *(options or [])]
+        if len(servers) > 1:
+            options.append(("grpc.default_authority", servers[0]))
+        target = channel_target(servers)
         if tls:
             roots = Path(ca_cert).read_bytes() if ca_cert is not None else None
-            self._channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(roots), options=options)
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots), options=options)
         else:
-            self._channel = grpc.insecure_channel(server, options=options)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = pb_grpc.RealtimeStub(self._channel)
 

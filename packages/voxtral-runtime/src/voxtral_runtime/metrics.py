@@ -74,9 +74,10 @@ class Metrics:
         return self._http.server_port
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()
 
 
 class SessionMeter:
