@@ -243,7 +243,7 @@ def test_metadata_and_manifest(bundles, tiny_config):
     bundle = bundles("xnnpack-stream")
     pte = Program(bundle / "model.pte")
     expect = {"pte_format": "voxtral-realtime", "pte_format_version": 5, "streaming": True, "max_encoder_steps": 16, "backend": "xnnpack",
-              "runtime_operators": "voxtral::ring_attention.out", "kv_cache_dtype": "fp32",
+              "runtime_operators": "voxtral::ring_attention.out", "kv_cache_dtype": "fp32", "shared_state": True,
               "sample_rate": 16000, "step_samples": 1280, "chunk_mel_len": 8, "delay_tokens": 6,
               "n_left_pad_tokens": 32, "n_right_pad_tokens": 17, "bos_id": 1, "eos_id": 2, "streaming_pad_id": 32,
               "streaming_word_id": 33, "n_special_tokens": 1000, "log_mel_floor": -6.5, "conv2_pad": 1,

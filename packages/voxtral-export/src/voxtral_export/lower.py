@@ -88,9 +88,11 @@ def partitioners(backend: str) -> list:
 
 
 def lower_to_executorch(programs: dict[str, ExportedProgram], backend: str, constant_methods: dict,
-                        progress: Callable[[str], None] = lambda _: None) -> bytes:
+                        progress: Callable[[str], None] = lambda _: None, shared_state: bool = False) -> bytes:
     """Edge dialect, backend delegation, memory planning, serialisation -> the .pte bytes. At full size each of the
-    two steps takes tens of minutes; `progress` hears when each one ends."""
+    two steps takes tens of minutes; `progress` hears when each one ends. `shared_state`: the methods' mutable
+    buffers (KV caches, conv state) are planned in an arena of their own, one place per buffer for every method,
+    instead of among each method's activations, which the methods of one load share (docs/pte.md, "Loading")."""
     started = time.monotonic()
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
@@ -107,7 +109,7 @@ def lower_to_executorch(programs: dict[str, ExportedProgram], backend: str, cons
     program = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
         do_quant_fusion_and_const_prop=True,
-        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_state),
     ))
     buffer = program.buffer
     progress(f"memory planning and serialisation done in {time.monotonic() - started:.0f} s")

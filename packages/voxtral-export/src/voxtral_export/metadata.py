@@ -50,6 +50,7 @@ def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: 
         "backend": options.backend,
         "dtype": options.dtype,
         "kv_cache_dtype": options.cache_dtype,
+        "shared_state": shares_state(options),
         "quantization": _quantization_label(options),
         "dim": dec.dim,
         "enc_dim": enc.dim,
@@ -78,6 +79,12 @@ def runtime_operators(options: ExportOptions) -> str:
     """Operators of ours the program calls, whose kernels the runtime must register (comma-separated): the ring
     caches of streaming programs with the custom attention layout use voxtral::ring_attention."""
     return RING_ATTENTION_OUT if options.streaming and options.layout == "custom" else ""
+
+
+def shares_state(options: ExportOptions) -> bool:
+    """Whether the methods' state gets an arena of its own (one load serves every method). Not for Metal, whose
+    lowering cannot be checked here (it runs on macOS only): its programs keep the one-load-per-method rule."""
+    return options.backend != "metal"
 
 
 def preprocessor_metadata(config: VoxtralConfig, max_audio_tokens: int) -> PreprocessorMetadata:

@@ -86,7 +86,8 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
         metadata = model_metadata(config, options, delay, model.decoder.window, n_audio_tokens)
         with progress.phase(f"lower model.pte to {options.backend}"):
             (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata.constants(),
-                                                                   progress=lambda m: progress.say(f"  {m}")))
+                                                                   progress=lambda m: progress.say(f"  {m}"),
+                                                                   shared_state=metadata.shared_state))
         del programs, model
         release_freed_memory()
         with progress.phase("export and lower preprocessor.pte"):

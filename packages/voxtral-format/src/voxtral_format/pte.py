@@ -17,7 +17,8 @@ from typing import ClassVar
 FORMAT = "voxtral-realtime"
 # 2: encode_audio_chunk takes 1..max_encoder_steps steps a call; 3: text_decoder returns the last position's logits;
 # 4: streaming CPU programs call voxtral::ring_attention, a kernel the runtime provides (runtime_operators);
-# 5: its ring caches may be bfloat16 (kv_cache_dtype), which an older runtime's kernel refuses.
+# 5: its ring caches may be bfloat16 (kv_cache_dtype), which an older runtime's kernel refuses. (shared_state came
+# later without a new version: a runtime that does not know it loads each method apart, which is always correct.)
 FORMAT_VERSION = 5
 READABLE_VERSIONS = (2, 3, 4, 5)  # the runtime reads the last row of text_decoder's logits, so 2 still works
 
@@ -130,6 +131,9 @@ class ModelMetadata(AudioMetadata):
     n_special_tokens: int
     runtime_operators: str = ""  # comma-separated operators of ours the program calls (format version 4)
     kv_cache_dtype: str = ""  # what the KV caches store, fp32 or bf16 (format version 5; before: dtype)
+    # The methods' state (KV caches, conv state) has a memory arena of its own, apart from their activations, so the
+    # methods of one load never overwrite each other's state (False when absent: older programs).
+    shared_state: bool = False
 
     @property
     def step_ms(self) -> int:

@@ -271,16 +271,19 @@ class ModelInstance:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        # Each stateful method comes from a load of model.pte of its own: the methods of one loaded program share one
-        # planned-memory arena (executorch.runtime.Program.load_method), KV caches included, so a call of one method
-        # can overwrite another's caches. A decoder call overwrote the streaming encoder's caches (NaN outputs; still
-        # so with XNNPACK's workspace sharing off), and at full size a token_embedding call overwrote part of the
-        # decoder's (logits off by up to 0.35 with fp32 caches, garbage with bf16; benchmarks/accuracy.py found it).
-        # token_embedding therefore gets a third load. Each method's weights are loaded once, and the file is
-        # memory-mapped, so the extra loads add planned memory only.
+        # The methods of one loaded program share its planned-memory arenas (executorch.runtime.Program.load_method).
+        # A program that plans its state apart (shared_state: KV caches and conv state in an arena of their own, one
+        # place per buffer) is loaded once for all its methods. Older programs keep state among
+        # activations, where one method's call overwrites another's state (a decoder call the streaming encoder's
+        # caches: NaN; at full size a token_embedding call part of the decoder's: logits off by up to 0.35, garbage
+        # with bf16 caches; benchmarks/accuracy.py found it): each stateful method then gets a load of its own. The
+        # file is memory-mapped and each method's weights load once, so extra loads add planned memory only.
         with _LOAD_LOCK:
-            encoder_program, decoder_program = _load(spec.paths.model), _load(spec.paths.model)
-            embedding_program = _load(spec.paths.model)
+            encoder_program = _load(spec.paths.model)
+            if spec.meta.shared_state:
+                decoder_program = embedding_program = encoder_program
+            else:
+                decoder_program, embedding_program = _load(spec.paths.model), _load(spec.paths.model)
             pre = _load(spec.paths.preprocessor)
             if spec.streaming:
                 self.encode_chunk = encoder_program.load_method(ENCODE_AUDIO_CHUNK)
