@@ -1,6 +1,6 @@
 """Streaming step benchmark: each part of an 80 ms step against its own memory-read floor, in one run.
 
-    uv run benchmarks/step_time.py BUNDLE --checkpoint CKPT [--runs 3] [--steps 20] [--no-eager]
+    uv run benchmarks/step_time.py BUNDLE --checkpoint CKPT [--runs 3] [--steps 20] [--no-eager] [--compare BUNDLE2]
 
 BUNDLE is a streaming export (e.g. benchmarks/export_full.py's xnnpack-streaming-8da4w); CKPT the checkpoint it came
 from (for the layer shapes and the eager comparison). A streaming step is bound by memory reads: every weight it uses
@@ -16,11 +16,15 @@ is read once per step, and the attention scans every ring-cache slot. Each run m
 - how busy the machine was: the idle and steal shares of all cores over the run.
 Each part's floor is its bytes / read bandwidth; the table shows the median over the runs and the spread (min-max).
 Eager PyTorch on the same quantized weights is timed once, in a child process (--no-eager skips it).
+--compare BUNDLE2 measures a second export of the same checkpoint in the same run, alternating the two run by run (the
+machine's bandwidth drifts: only runs side by side compare), prints both tables and their steady-state steps against
+each other, run by run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -343,12 +347,15 @@ def spread(values: list[float], scale: float, fmt: str) -> str:
     return f"{statistics.median(values) * scale:{fmt}} [{min(values) * scale:{low}}-{max(values) * scale:{low}}]"
 
 
+def steady_steps(runs: list[dict]) -> list[float]:
+    """A session's step in the steady state, per run: its two method calls at full rings plus its own Python work
+    (measured in its first steps, where the rings are still filling and the attention reads less)."""
+    return [r["encoder step"] + r["decoder step"] + r["session step"] - r["in method calls"] for r in runs]
+
+
 def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> None:
     col = {k: [r[k] for r in runs] for k in runs[0]}
-    # A session's step in the steady state: its two method calls at full rings plus its own Python work (measured
-    # in its first steps, where the rings are still filling and the attention reads less).
-    col["steady-state step"] = [e + d + s - m for e, d, s, m in zip(
-        col["encoder step"], col["decoder step"], col["session step"], col["in method calls"])]
+    col["steady-state step"] = steady_steps(runs)
     read = statistics.median(col["read bandwidth"])
     print(f"\nbundle {args.bundle} ({meta.quantization}, {meta.backend}, {meta.kv_cache_dtype or meta.dtype} KV "
           f"caches, decoder window {meta.sliding_window}, encoder window {meta.max_enc_len}); {len(runs)} runs, "
@@ -408,6 +415,8 @@ def main() -> int:
     p.add_argument("--catch-up-s", type=float, default=5.0,
                    help="audio fed at once for the catch-up throughput (default: %(default)s)")
     p.add_argument("--no-eager", action="store_true", help="skip the eager PyTorch comparison")
+    p.add_argument("--compare", type=Path, metavar="BUNDLE2",
+                   help="another streaming export of the same checkpoint, measured in alternation with BUNDLE")
     p.add_argument("--child", choices=["bandwidth", "profile", "eager"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child == "bandwidth":
@@ -424,19 +433,31 @@ def main() -> int:
     from voxtral_runtime.engine import Engine
     from voxtral_runtime.programs import BundlePaths
 
-    engine = Engine(BundlePaths.resolve(args.bundle))
-    meta = engine.spec.meta
-    if not meta.streaming:
-        print("error: the bundle is not a streaming export", file=sys.stderr)
-        return 2
     params = json.loads((args.checkpoint / "params.json").read_text())
-    nbytes = part_bytes(params, meta, manifest["options"])
-    runs = []
+    bundles = [args.bundle] + ([args.compare] if args.compare else [])
+    measured = []  # per bundle: its args, engine and the bytes of its parts
+    for bundle in bundles:
+        engine = Engine(BundlePaths.resolve(bundle))
+        if not engine.spec.meta.streaming:
+            print(f"error: {bundle} is not a streaming export", file=sys.stderr)
+            return 2
+        bundle_args = copy.copy(args)
+        bundle_args.bundle = bundle
+        measured.append((bundle_args, engine, part_bytes(params, engine.spec.meta, read_manifest(bundle)["options"])))
+    runs: list[list[dict]] = [[] for _ in bundles]
     for i in range(args.runs):
-        print(f"run {i + 1}/{args.runs} ...", file=sys.stderr, flush=True)
-        runs.append(one_run(args, engine))
-    eager = None if args.no_eager else in_child(args, "eager", os.cpu_count())
-    report(args, meta, runs, nbytes, eager)
+        for b, (bundle_args, engine, _) in enumerate(measured):
+            print(f"run {i + 1}/{args.runs} of {bundle_args.bundle} ...", file=sys.stderr, flush=True)
+            runs[b].append(one_run(bundle_args, engine))
+    for b, (bundle_args, engine, nbytes) in enumerate(measured):
+        eager = None if args.no_eager else in_child(bundle_args, "eager", os.cpu_count())
+        report(bundle_args, engine.spec.meta, runs[b], nbytes, eager)
+    if args.compare:
+        first, second = steady_steps(runs[0]), steady_steps(runs[1])
+        ratios = [a / b for a, b in zip(first, second)]
+        print(f"\nsteady-state step, run by run: {args.bundle} {' '.join(f'{t * 1e3:.1f}' for t in first)} ms; "
+              f"{args.compare} {' '.join(f'{t * 1e3:.1f}' for t in second)} ms")
+        print(f"ratio (first / second) {spread(ratios, 1, '.3f')}, median over the runs")
     return 0
 
 
