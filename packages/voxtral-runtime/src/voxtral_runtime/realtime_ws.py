@@ -257,11 +257,11 @@ class Connection:
                 break
             try:
                 event = self._parse(message)
-                if event["type"] != "input_audio_buffer.append":
-                    raise EventError("", "")
-                chunk = self._audio(event)
+                chunk = self._audio(event) if event["type"] == "input_audio_buffer.append" else None
             except EventError:
-                self.backlog.append(message)  # handled (or refused) in its turn
+                chunk = None
+            if chunk is None:
+                self.backlog.append(message)  # another event, or a bad one: handled (or refused) in its turn
                 break
             chunks.append(chunk)
             size += len(chunk)
@@ -277,7 +277,10 @@ class Connection:
             if model is not None and not isinstance(model, str):
                 raise EventError(INVALID_JSON, "session.update's 'model' must be a string")
         elif kind == "input_audio_buffer.append":
-            self._append(self._waiting_audio(self._audio(event)))
+            samples = self._audio(event)
+            # Waiting appends are taken together only while transcribing: before a commit each is held (or refused
+            # when the buffer is full) on its own.
+            self._append(self._waiting_audio(samples) if self.transcription else samples)
         elif kind == "input_audio_buffer.commit":
             final = event.get("final", False)
             if not isinstance(final, bool):
