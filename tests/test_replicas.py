@@ -7,11 +7,10 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from servers import start_in_process
-from signals import speechlike
+from signals import pcm16
 from voxtral_client.client import RealtimeClient, channel_target, split_servers
 
 pytestmark = pytest.mark.slow
@@ -44,7 +43,7 @@ def test_addresses_become_one_target():
 
 
 def test_sessions_spread_and_skip_full_and_stopped_replicas(servers):
-    audio = (np.clip(speechlike(0.5, seed=80).numpy(), -1, 1) * 32767).astype("<i2").tobytes()
+    audio = pcm16(0.5, seed=80)
     with RealtimeClient(f"127.0.0.1:{servers[0].port}") as one:
         expected = text_of(one, audio)
     addresses = [f"127.0.0.1:{s.port}" for s in servers]

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from servers import ServerProcess, start_in_process
-from signals import speechlike
+from signals import pcm16, speechlike
 from voxtral_client.client import FLUSH, RealtimeClient, RealtimeError
 from voxtral_client.proto import realtime_pb2 as pb
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
@@ -56,11 +56,6 @@ def stub(address):
 @pytest.fixture(scope="module")
 def engine(bundle):
     return Engine(BundlePaths.resolve(bundle))
-
-
-def pcm16(seconds: float, seed: int) -> bytes:
-    audio = np.clip(speechlike(seconds, seed=seed).numpy(), -1, 1)
-    return (audio * 32767).astype("<i2").tobytes()
 
 
 def local_result(engine, data: bytes):

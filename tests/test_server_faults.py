@@ -22,7 +22,7 @@ import pytest
 
 from servers import ServerProcess
 from servers import transcribe as call
-from signals import speechlike
+from signals import pcm16
 from voxtral_client.proto import realtime_pb2 as pb
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 
@@ -35,10 +35,6 @@ TRANSCRIBE = "/voxtral.realtime.v1.Realtime/Transcribe"
 @pytest.fixture(scope="module")
 def bundle(bundles):
     return bundles("xnnpack-stream")
-
-
-def pcm(seconds: float, seed: int) -> bytes:
-    return (np.clip(speechlike(seconds, seed=seed).numpy(), -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def config(encoding=pb.AUDIO_ENCODING_PCM16LE) -> pb.TranscribeRequest:
@@ -138,7 +134,7 @@ def test_clean_sessions_stay_correct_under_hostile_clients_with_flat_memory(bund
                            "--max-buffered-audio", "2")
     try:
         address, pid = server.address, server.proc.pid
-        clips = [pcm(2.0, seed=60 + i) for i in range(3)]
+        clips = [pcm16(2.0, seed=60 + i) for i in range(3)]
         reference = [text(call(address, [config(), *chunks(c)])[2]) for c in clips]
         assert all(reference)
         with ThreadPoolExecutor(max_workers=4) as pool:  # every slot's instance loaded before the baseline
@@ -185,7 +181,7 @@ def test_clean_sessions_stay_correct_under_hostile_clients_with_flat_memory(bund
 def live_sessions(address: str, n: int, seconds: float, results: list) -> list[threading.Thread]:
     """n sessions streaming `seconds` of audio at about twice real time, each appending (status, reason)."""
     def run(seed):
-        data = pcm(seconds, seed)
+        data = pcm16(seconds, seed)
 
         def paced():
             yield config()

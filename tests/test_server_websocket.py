@@ -13,13 +13,12 @@ import threading
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from servers import start_in_process
-from signals import speechlike
+from signals import pcm16
 from voxtral_client.client import RealtimeClient
 from voxtral_runtime.audio import decode_pcm16le
 from voxtral_runtime.engine import Engine
@@ -50,10 +49,6 @@ def url(server):
 @pytest.fixture(scope="module")
 def engine(bundle):
     return Engine(BundlePaths.resolve(bundle))
-
-
-def pcm16(seconds: float, seed: int) -> bytes:
-    return (np.clip(speechlike(seconds, seed=seed).numpy(), -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def local_text(engine, data: bytes) -> str:
