@@ -260,6 +260,8 @@ def test_live_printer():
         (["--file", "x.wav", "--chunk-ms", "0"], "must be > 0"),
         (["--file", "x.wav", "--temperature", "-1"], "must be >= 0"),
         (["--describe", "--offline"], "applies to --mic or --file only"),
+        (["--describe", "--endpointing", "500"], "applies to --mic or --file only"),
+        (["--mic", "--offline", "--endpointing", "500"], "--endpointing applies to streaming sessions"),
     ],
 )
 def test_argument_errors(argv, message, capsys):
@@ -515,3 +517,13 @@ def test_cli_ctrl_c_flushes_then_ends(fake_server, tmp_path):
     session = fake.sessions[0]
     assert session["requests"][-1] == "CONTROL_FLUSH" and session["half_closed"]
     assert 1 <= session["requests"].count("audio") < 100
+
+
+def test_endpointing_sends_only_what_is_set():
+    from voxtral_client.client import Endpointing
+
+    message = Endpointing(silence_ms=700).message()
+    assert message.HasField("silence_duration_ms") and message.silence_duration_ms == 700
+    assert not message.HasField("threshold") and not message.HasField("prefix_padding_ms")
+    zero = Endpointing(prefix_ms=0).message()  # 0 is a value here (no prefix), not "unset"
+    assert zero.HasField("prefix_padding_ms") and zero.prefix_padding_ms == 0

@@ -31,7 +31,7 @@ from .audio import (
     input_devices,
     read_wav,
 )
-from .client import DEFAULT_SERVER, FLUSH, Event, RealtimeClient, RealtimeError
+from .client import DEFAULT_SERVER, FLUSH, Endpointing, Event, RealtimeClient, RealtimeError
 from .subtitles import FORMATS, Transcript, format_for
 
 
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--seed", type=_non_negative_int, default=None, help="sampling seed (with --temperature > 0)")
     out.add_argument("--max-new-tokens", type=_non_negative_int, default=0, metavar="N",
                      help="stop after N sampled tokens; 0: no limit (default)")
+    out.add_argument("--endpointing", type=_non_negative_int, default=None, metavar="MS",
+                     help="server-side endpointing: end a segment after MS ms without speech (100-10000; e.g. 500), "
+                          "and let the model rest while there is none (streaming only; default: off)")
     out.add_argument("--output", metavar="FILE",
                      help="also write the transcript to FILE when the session ends (or is cut), in --output-format")
     out.add_argument("--output-format", choices=FORMATS, default=None,
@@ -127,11 +130,13 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--device applies to --mic only")
     if args.token_ids and not args.json:
         parser.error("--token-ids needs --json")
+    if args.endpointing is not None and args.offline:
+        parser.error("--endpointing applies to streaming sessions, not --offline")
     if args.json and not args.output and output_format(args) != "text":
         parser.error(f"--json and --output-format {args.output_format} both want stdout; write the file with --output")
     streaming_only = {"--offline": args.offline, "--temperature": args.temperature != 0.0,
                       "--seed": args.seed is not None, "--max-new-tokens": args.max_new_tokens != 0,
-                      "--output": args.output is not None, "--output-format": args.output_format is not None}
+                      "--endpointing": args.endpointing is not None, "--output": args.output is not None, "--output-format": args.output_format is not None}
     if not (args.mic or args.file):
         used = [flag for flag, on in streaming_only.items() if on]
         if used:
@@ -311,6 +316,7 @@ def _transcribe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     events = client.transcribe(
                         audio(), sample_rate, encoding, token_ids=args.token_ids, offline=args.offline,
                         temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                        endpointing=None if args.endpointing is None else Endpointing(silence_ms=args.endpointing),
                     )
                     for event in events:
                         on_event(event)

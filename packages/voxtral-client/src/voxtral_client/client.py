@@ -62,7 +62,28 @@ _REASONS = {
     pb.FINAL_REASON_MAX_NEW_TOKENS: "max_new_tokens",
     pb.FINAL_REASON_SERVER_SHUTDOWN: "server_shutdown",
     pb.FINAL_REASON_SESSION_LIMIT: "session_limit",
+    pb.FINAL_REASON_ENDPOINT: "endpoint",
 }
+
+
+@dataclass(frozen=True)
+class Endpointing:
+    """Server-side endpointing for a session (SessionConfig.endpointing); None fields take the server's defaults
+    (threshold 0.5, 500 ms of silence, 300 ms of audio before the speech)."""
+
+    silence_ms: int | None = None
+    prefix_ms: int | None = None
+    threshold: float | None = None
+
+    def message(self) -> pb.Endpointing:
+        e = pb.Endpointing()
+        if self.threshold is not None:
+            e.threshold = self.threshold
+        if self.silence_ms is not None:
+            e.silence_duration_ms = self.silence_ms
+        if self.prefix_ms is not None:
+            e.prefix_padding_ms = self.prefix_ms
+        return e
 
 
 class _Flush:
@@ -97,8 +118,8 @@ class Event:
     kind: "started" (session accepted), "delta" (new text; never revised) or "final" (end of a segment).
     For a delta, start_s/end_s are the audio span the text belongs to and `step` the 80 ms decode step; for a
     final, `text` is the whole segment, start_s/end_s its span and `reason` why it ended ("flush", "end_of_audio",
-    "model_eos", "max_new_tokens", "server_shutdown", "session_limit"). Times are seconds of the audio sent in this
-    session; audio_received_s - audio_processed_s is how much of it waits for the model (the session's lag).
+    "model_eos", "max_new_tokens", "server_shutdown", "session_limit", "endpoint"). Times are seconds of the audio
+    sent in this session; audio_received_s - audio_processed_s is how much of it waits for the model (the session's lag).
     """
 
     kind: str
@@ -306,6 +327,7 @@ class RealtimeClient:
         temperature: float = 0.0,
         seed: int | None = None,
         max_new_tokens: int = 0,
+        endpointing: Endpointing | None = None,
         timeout: float | None = None,
     ) -> Iterator[Event]:
         """Stream audio_chunks to the server and yield its events until the session ends.
@@ -314,6 +336,8 @@ class RealtimeClient:
         chunk size; the FLUSH sentinel sends a flush control. The iterable is consumed on a gRPC thread, at the
         pace it yields (a generator may block, e.g. on a microphone); its end half-closes the stream, after which
         the server sends the last Final. Stopping the iteration early (break, close) cancels the call.
+        `endpointing`: the server ends a segment at each pause (a Final with reason "endpoint") and does not run
+        the model while there is no speech (streaming mode).
         Raises RealtimeError for a non-OK status, or the exception the audio iterable raised.
         """
         if encoding not in _ENCODINGS:
@@ -332,6 +356,8 @@ class RealtimeClient:
         )
         if seed is not None:
             config.seed = seed
+        if endpointing is not None:
+            config.endpointing.CopyFrom(endpointing.message())
         return self._stream(config, audio_chunks, encoding, timeout)
 
     def _stream(self, config: pb.SessionConfig, audio_chunks: Iterable, encoding: str,

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import torch
 
+from .endpointing import EndpointingOptions, EndpointingSession
 from .programs import BundlePaths, ModelInstance, ModelSpec, ProgramError, load_spec
 from .sampling import Sampler
 from .session import HeldAudioSession, OfflineSession, Session, StreamingSession
@@ -56,18 +57,24 @@ class Engine:
 
     def session(self, instance: ModelInstance | None = None, streaming: bool | None = None, offline: bool = False,
                 temperature: float = 0.0, seed: int | None = None, max_new_tokens: int | None = None,
-                token_ids: bool = False, max_offline_audio_s: float = DEFAULT_MAX_OFFLINE_AUDIO_S) -> Session:
+                token_ids: bool = False, max_offline_audio_s: float = DEFAULT_MAX_OFFLINE_AUDIO_S,
+                endpointing: EndpointingOptions | None = None) -> Session:
         """A new session. `streaming`: a live session, which needs a streaming program. `offline`: audio is held
         and transcribed at each flush and at the end (an offline program always works so; a streaming program
-        holds up to `max_offline_audio_s` of it)."""
-        if streaming and not self.spec.streaming:
-            raise ProgramError("this model.pte is an offline program (whole-audio encoder); streaming needs a "
-                               "program exported with voxtral-export --streaming")
+        holds up to `max_offline_audio_s` of it). `endpointing`: a voice activity detector ends segments at pauses
+        and keeps the model idle while there is no speech (a live session only)."""
+        if (streaming or endpointing) and not self.spec.streaming:
+            raise ProgramError("this model.pte is an offline program (whole-audio encoder); streaming and "
+                               "endpointing need a program exported with voxtral-export --streaming")
+        if endpointing and offline:
+            raise ProgramError("endpointing is for live sessions; offline mode transcribes at flushes")
         kind = StreamingSession if self.spec.streaming else OfflineSession
         session = kind(self.spec, instance or self.instance(), self.prompt_embeds, Sampler(temperature, seed=seed),
                        max_new_tokens, token_ids)
         if offline and self.spec.streaming:
             return HeldAudioSession(session, max_offline_audio_s)
+        if endpointing:
+            return EndpointingSession(session, endpointing)
         return session
 
     def warm_up(self, instance: ModelInstance) -> None:

@@ -22,6 +22,7 @@ import binascii
 import hmac
 import json
 import logging
+import math
 import ssl
 import tempfile
 import threading
@@ -36,11 +37,13 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
 from .audio import AudioError, decode_pcm16le
+from .endpointing import EndpointingOptions
 from .engine import Engine
 from .limits import ServerOptions
 from .metrics import Metrics
 from .pool import InstanceLoadError, InstancePool, PoolFull
-from .session import END_OF_AUDIO, MAX_NEW_TOKENS, SERVER_SHUTDOWN, SESSION_LIMIT, ModelFault, SegmentEnd, TextPiece
+from .session import (END_OF_AUDIO, ENDPOINT, MAX_NEW_TOKENS, SERVER_SHUTDOWN, SESSION_LIMIT, ModelFault, SegmentEnd,
+                      TextPiece)
 
 log = logging.getLogger("voxtral_runtime.websocket")
 
@@ -75,27 +78,55 @@ class Closing(Exception):
         self.code, self.message, self.reason = code, message, reason
 
 
+def turn_detection(value) -> EndpointingOptions | None:
+    """session.update's turn_detection (OpenAI's shape): null for none, or {"type": "server_vad", "threshold",
+    "prefix_padding_ms", "silence_duration_ms"}, the numbers optional."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") != "server_vad":
+        raise EventError(INVALID_JSON, 'turn_detection must be null or {"type": "server_vad", ...}')
+    names = {"threshold": "threshold", "silence_duration_ms": "silence_ms", "prefix_padding_ms": "prefix_ms"}
+    settings = {}
+    for name, field in names.items():
+        if name in value:
+            number = value[name]
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or (
+                    name != "threshold" and number != int(number)):
+                raise EventError(INVALID_JSON, f"turn_detection's {name!r} must be a number"
+                                               f"{'' if name == 'threshold' else ' of milliseconds'}")
+            settings[field] = number if name == "threshold" else int(number)
+    try:
+        return EndpointingOptions(**settings)
+    except ValueError as e:
+        raise EventError(INVALID_JSON, str(e)) from None
+
+
 class Transcription:
     """One commit-to-done transcription: a session on its own program instance, and what it has said so far."""
 
-    def __init__(self, server: RealtimeWebsocket, instance, session_id: str):
+    def __init__(self, server: RealtimeWebsocket, instance, session_id: str,
+                 endpointing: EndpointingOptions | None = None):
         self.instance = instance
-        self.session = server.engine.session(instance, max_new_tokens=server.options.token_cap(server.meta))
+        self.session = server.engine.session(instance, max_new_tokens=server.options.token_cap(server.meta),
+                                             endpointing=endpointing)
         self.meter = server.metrics.session("websocket", session_id, self.session)
         self.text: list[str] = []
         self.samples = 0  # client samples taken
         self.capped = False  # the token cap ended the text: later audio is taken and ignored
 
     def run(self, call, *args) -> list[dict]:
-        """A model call -> the delta events of its text."""
-        deltas = []
+        """A model call -> the events to send: a delta per new text, and with endpointing the end of each turn."""
+        events = []
         for event in self.meter.run(call, *args):
             if isinstance(event, TextPiece) and event.text:
                 self.text.append(event.text)
-                deltas.append({"type": "transcription.delta", "delta": event.text})
+                events.append({"type": "transcription.delta", "delta": event.text})
             elif isinstance(event, SegmentEnd) and event.reason == MAX_NEW_TOKENS:
                 self.capped = True
-        return deltas
+            elif isinstance(event, SegmentEnd) and event.reason == ENDPOINT:
+                events.append({"type": "input_audio_buffer.speech_stopped", "audio_start_ms": round(event.start_s *
+                               1000), "audio_end_ms": round(event.end_s * 1000), "text": event.text})
+        return events
 
     def done(self, prompt_tokens: int) -> dict:
         completion = self.session.sampled
@@ -162,6 +193,7 @@ class Connection:
         self.max_samples = int(self.options.max_session_audio_s * SAMPLE_RATE)
         self.catch_up = int(CATCH_UP_AUDIO_S * SAMPLE_RATE)
         self.transcription: Transcription | None = None
+        self.endpointing: EndpointingOptions | None = None  # session.update's turn_detection, for the next commit
         self.started = self.last_activity = time.monotonic()
 
     def send(self, event: dict) -> None:
@@ -276,6 +308,12 @@ class Connection:
             model = event.get("model")
             if model is not None and not isinstance(model, str):
                 raise EventError(INVALID_JSON, "session.update's 'model' must be a string")
+            session = event.get("session", {})
+            if not isinstance(session, dict):
+                raise EventError(INVALID_JSON, "session.update's 'session' must be an object")
+            for fields in (session, event):  # OpenAI nests the settings in "session", vLLM's events are flat
+                if "turn_detection" in fields:
+                    self.endpointing = turn_detection(fields["turn_detection"])
         elif kind == "input_audio_buffer.append":
             samples = self._audio(event)
             # Waiting appends are taken together only while transcribing: before a commit each is held (or refused
@@ -337,7 +375,7 @@ class Connection:
         except InstanceLoadError as e:
             raise EventError(UNAVAILABLE, f"{e}; retry later") from None
         try:
-            self.transcription = Transcription(self.server, instance, self.id)
+            self.transcription = Transcription(self.server, instance, self.id, self.endpointing)
         except Exception:
             self.server.pool.release(instance)
             raise

@@ -25,13 +25,14 @@ from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 
 from . import __version__
 from .audio import AudioError, StreamResampler, decode_f32le, decode_pcm16le
+from .endpointing import EndpointingOptions
 from .engine import Engine
 from .inbox import END, GONE, Inbox
 from .limits import ServerOptions
 from .metrics import Metrics
 from .pool import InstanceLoadError, InstancePool, PoolFull
-from .session import (END_OF_AUDIO, FLUSH, MAX_NEW_TOKENS, MODEL_EOS, SERVER_SHUTDOWN, SESSION_LIMIT, ModelFault,
-                      SegmentEnd, SessionError, SessionLimit, TextPiece)
+from .session import (END_OF_AUDIO, ENDPOINT, FLUSH, MAX_NEW_TOKENS, MODEL_EOS, SERVER_SHUTDOWN, SESSION_LIMIT,
+                      ModelFault, SegmentEnd, SessionError, SessionLimit, TextPiece)
 
 log = logging.getLogger("voxtral_runtime.server")
 
@@ -44,7 +45,19 @@ BYTES_PER_SAMPLE = {pb.AUDIO_ENCODING_PCM16LE: 2, pb.AUDIO_ENCODING_F32LE: 4}
 DECODERS = {pb.AUDIO_ENCODING_PCM16LE: decode_pcm16le, pb.AUDIO_ENCODING_F32LE: decode_f32le}
 REASONS = {FLUSH: pb.FINAL_REASON_FLUSH, END_OF_AUDIO: pb.FINAL_REASON_END_OF_AUDIO,
            MODEL_EOS: pb.FINAL_REASON_MODEL_EOS, MAX_NEW_TOKENS: pb.FINAL_REASON_MAX_NEW_TOKENS,
-           SERVER_SHUTDOWN: pb.FINAL_REASON_SERVER_SHUTDOWN, SESSION_LIMIT: pb.FINAL_REASON_SESSION_LIMIT}
+           SERVER_SHUTDOWN: pb.FINAL_REASON_SERVER_SHUTDOWN, SESSION_LIMIT: pb.FINAL_REASON_SESSION_LIMIT,
+           ENDPOINT: pb.FINAL_REASON_ENDPOINT}
+
+
+def endpointing_options(config: pb.SessionConfig) -> EndpointingOptions | None:
+    """The session's endpointing (None: off); raises ValueError for a value out of range."""
+    if not config.HasField("endpointing"):
+        return None
+    e, defaults = config.endpointing, EndpointingOptions()
+    return EndpointingOptions(
+        threshold=e.threshold if e.HasField("threshold") else defaults.threshold,
+        silence_ms=e.silence_duration_ms if e.HasField("silence_duration_ms") else defaults.silence_ms,
+        prefix_ms=e.prefix_padding_ms if e.HasField("prefix_padding_ms") else defaults.prefix_ms)
 
 
 class Abort(Exception):
@@ -120,6 +133,13 @@ class RealtimeServicer(pb_grpc.RealtimeServicer):
         if config.mode != pb.TRANSCRIPTION_MODE_OFFLINE and not self.engine.streaming:
             raise Abort(grpc.StatusCode.FAILED_PRECONDITION, "this server holds an offline program; ask for "
                                                              "TRANSCRIPTION_MODE_OFFLINE or serve a streaming export")
+        if config.HasField("endpointing") and config.mode == pb.TRANSCRIPTION_MODE_OFFLINE:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "endpointing is for streaming sessions; offline mode "
+                                                          "transcribes at each flush")
+        try:
+            endpointing_options(config)
+        except ValueError as e:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         return config
 
     def _first(self, inbox: Inbox, context):
@@ -229,7 +249,7 @@ class SessionCall:
             instance, offline=config.mode == pb.TRANSCRIPTION_MODE_OFFLINE, temperature=config.temperature,
             seed=config.seed if config.HasField("seed") else None,
             max_new_tokens=min(config.max_new_tokens or cap, cap), token_ids=config.token_ids,
-            max_offline_audio_s=self.options.max_offline_audio_s)
+            max_offline_audio_s=self.options.max_offline_audio_s, endpointing=endpointing_options(config))
         self.rate = config.sample_rate_hz
         self.resampler = StreamResampler(self.rate, servicer.rate)
         self.decode = DECODERS[config.encoding]

@@ -26,6 +26,7 @@ from .sampling import Sampler
 from .tokenizer import StreamingDetokenizer
 
 FLUSH, END_OF_AUDIO, MODEL_EOS, MAX_NEW_TOKENS = "flush", "end_of_audio", "model_eos", "max_new_tokens"
+ENDPOINT = "endpoint"  # a pause ended the segment (endpointing.py)
 # Reasons a caller gives `finish` when the audio is cut rather than ended by the client.
 SERVER_SHUTDOWN, SESSION_LIMIT = "server_shutdown", "session_limit"
 
@@ -103,6 +104,17 @@ class Timeline:
         self.lengths[-1] = client_samples - self.client_before[-1]
         self.starts.append(at + n)
         self.client_before.append(client_samples)
+        self.lengths.append(None)
+
+    def skip(self, at: int, client_samples: int, n: int) -> None:
+        """`n` client samples after the first `client_samples` never enter the padded stream, which goes on at `at`.
+        Skips with no padded audio between them extend one run, so hours of skipped silence take no memory."""
+        if self.starts[-1] == at and self.lengths[-1] is None:
+            self.client_before[-1] += n
+            return
+        self.lengths[-1] = client_samples - self.client_before[-1]
+        self.starts.append(at)
+        self.client_before.append(client_samples + n)
         self.lengths.append(None)
 
     def seconds(self, padded: int) -> float:
@@ -229,7 +241,8 @@ class Session:
     def _piece(self, text: str, step: int, events: list) -> None:
         belongs = (step - self.delay) * self.tok
         start = self.timeline.seconds(belongs)
-        end = min(self.timeline.seconds(belongs + self.tok), self._audio_end_s())
+        # at most one step long: a step whose end lies past skipped audio (endpointing) must not span the pause
+        end = min(self.timeline.seconds(belongs + self.tok), start + self.tok / self.rate, self._audio_end_s())
         events.append(TextPiece(text, start, max(end, start), step - self.left_pad // self.tok,
                                 self.pending_ids if self.want_ids else []))
         self.pending_ids = []
@@ -352,6 +365,19 @@ class StreamingSession(Session):
             self._run_steps(events)
         return events
 
+    def skip(self, n: int) -> None:
+        """`n` samples of client audio that the model does not run on (an endpointer's silence): the client's clock
+        advances, the model's stream does not. Skipped audio right after a flush leaves nothing pending."""
+        if self.state is State.FINISHED:
+            raise SessionError("audio after the end of the session")
+        nothing_pending = self.client_samples == self.flushed_at
+        self.timeline.skip(self.buf_start + self.buf_len, self.client_samples, n)
+        self.client_samples += n
+        if nothing_pending:
+            self.flushed_at = self.client_samples
+        if not self.segment_text:
+            self.segment_start_s = self._audio_end_s()
+
     def _pad_out(self, extra_tokens: int) -> int:
         """Appends silence to a whole token plus the right padding (+ extra tokens); returns samples inserted."""
         end = self.buf_start + self.buf_len
@@ -361,27 +387,35 @@ class StreamingSession(Session):
         self._append(np.zeros(n, dtype=np.float32))
         return n
 
-    def flush(self) -> list:
-        """Emits what is pending as at the end of audio, then stays usable (the inserted silence stays too). With no
-        audio since the previous flush (or the start) nothing is pending: the empty segment ends without running the
-        model, so that a flood of flushes costs nothing."""
+    def flush(self, reason: str = FLUSH, silence_heard: int = 0) -> list:
+        """Emits what is pending as at the end of audio, then stays usable (the inserted silence stays too); the
+        segment ends with `reason` (FLUSH, or ENDPOINT from an endpointer). `silence_heard`: tokens of silence the
+        model has just heard (an endpoint's pause), by which the padding is shorter: the words end with the same
+        silence as at a flush, in fewer steps. With no audio since the previous flush (or the start) nothing is
+        pending: the empty segment ends without running the model, so that a flood of flushes costs nothing."""
         if self.state is State.FINISHED:
             raise SessionError("flush after the end of the session")
         if self.client_samples == self.flushed_at:
-            return [self._segment_end(FLUSH, self._audio_end_s())]
+            return [self._segment_end(reason, self._audio_end_s())]
         self.flushed_at = self.client_samples
         events: list = []
-        self._pad_out(extra_tokens=1)  # one more token of silence: the look-ahead of the last padded step
+        # one more token of silence: the look-ahead of the last padded step
+        self._pad_out(extra_tokens=1 - min(silence_heard, self.right_pad_tokens))
         self._run_steps(events, Tail.FLUSH)
         self.after_eos = False
         if self.decoding:
-            events.append(self._segment_end(FLUSH, self._audio_end_s()))
+            events.append(self._segment_end(reason, self._audio_end_s()))
         return events
 
-    def finish(self, reason: str = END_OF_AUDIO) -> list:
-        """Decodes what remains and ends the last segment with `reason` (END_OF_AUDIO, or why the audio was cut)."""
+    def finish(self, reason: str = END_OF_AUDIO, idle_tail: bool = True) -> list:
+        """Decodes what remains and ends the last segment with `reason` (END_OF_AUDIO, or why the audio was cut).
+        `idle_tail` False: with no audio since the last flush nothing is pending, and the segment ends without
+        decoding the end's padding (the endpointer's choice; the reference decodes it)."""
         if self.state is State.FINISHED:
             return []
+        if not idle_tail and self.client_samples == self.flushed_at:
+            self.state = State.FINISHED
+            return [] if self._limit_reached() else [self._segment_end(reason, self._audio_end_s())]
         events: list = []
         self._pad_out(extra_tokens=0)
         self._append(np.zeros(self.lookahead, dtype=np.float32))

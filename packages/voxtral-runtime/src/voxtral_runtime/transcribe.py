@@ -12,6 +12,7 @@ import numpy as np
 from voxtral_client.subtitles import FORMATS, Transcript, format_for
 
 from .audio import AudioError, load_audio
+from .endpointing import EndpointingOptions, EndpointingSession
 from .engine import Engine
 from .programs import BundlePaths, ProgramError
 from .session import SegmentEnd, SessionError, TextPiece
@@ -81,6 +82,9 @@ def transcribe_file(engine: Engine, audio_path: Path, printer: Printer, streamin
     elapsed = time.monotonic() - started
     print(f"[{total_s:.1f} s of audio in {elapsed:.1f} s, real-time factor {elapsed / max(total_s, 1e-9):.2f}]",
           file=sys.stderr)
+    if isinstance(session, EndpointingSession):
+        print(f"[endpointing: the model ran {session.steps_computed} decoder steps for {len(audio) / engine.spec.meta.step_samples:.0f} steps "
+              f"of audio; {session.skipped_samples / rate:.1f} s of audio without speech skipped]", file=sys.stderr)
 
 
 def transcribe_stdin(engine: Engine, printer: Printer, chunk_ms: float, stdin=None, **session_options) -> None:
@@ -132,6 +136,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed when --temperature > 0")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=None,
                    help="stop after this many sampled tokens")
+    p.add_argument("--endpointing", type=int, default=None, metavar="MS",
+                   help="end a segment after MS ms without speech (voice activity detection, 100-10000; e.g. 500) "
+                        "and do not run the model while there is none (streaming programs; default: off)")
     p.add_argument("--token-ids", action="store_true", help="with --json: include token ids (and control tokens)")
     p.add_argument("--json", action="store_true", help="one JSON object per event (text with timestamps, finals)")
     p.add_argument("--output", type=Path, help="also write the transcript to this file at the end, in --output-format")
@@ -156,7 +163,8 @@ def run(args) -> int:
         engine = Engine(paths)
         printer = Printer(args.json, live=not document_on_stdout)
         options = dict(temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                       token_ids=args.token_ids)
+                       token_ids=args.token_ids, endpointing=None if args.endpointing is None
+                       else EndpointingOptions(silence_ms=args.endpointing))
         if args.mic:
             transcribe_stdin(engine, printer, args.chunk_ms, **options)
         else:

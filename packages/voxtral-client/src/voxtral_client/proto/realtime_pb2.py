@@ -24,41 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"voxtral/realtime/v1/realtime.proto\x12\x13voxtral.realtime.v1\"\x96\x01\n\x11TranscribeRequest\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\".voxtral.realtime.v1.SessionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12/\n\x07\x63ontrol\x18\x03 \x01(\x0e\x32\x1c.voxtral.realtime.v1.ControlH\x00\x42\t\n\x07request\"\xef\x01\n\rSessionConfig\x12\x34\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\".voxtral.realtime.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x34\n\x04mode\x18\x03 \x01(\x0e\x32&.voxtral.realtime.v1.TranscriptionMode\x12\x11\n\ttoken_ids\x18\x04 \x01(\x08\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\rB\x07\n\x05_seed\"\xe8\x01\n\x12TranscribeResponse\x12\x36\n\x07started\x18\x01 \x01(\x0b\x32#.voxtral.realtime.v1.SessionStartedH\x00\x12/\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.voxtral.realtime.v1.TextDeltaH\x00\x12+\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1a.voxtral.realtime.v1.FinalH\x00\x12\x19\n\x11\x61udio_processed_s\x18\x04 \x01(\x01\x12\x18\n\x10\x61udio_received_s\x18\x05 \x01(\x01\x42\x07\n\x05\x65vent\"$\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\"Z\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x03 \x01(\x01\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\"g\n\x05\x46inal\x12\x30\n\x06reason\x18\x01 \x01(\x0e\x32 .voxtral.realtime.v1.FinalReason\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xec\x03\n\x10ModelDescription\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x31\n\x07program\x18\x06 \x01(\x0e\x32 .voxtral.realtime.v1.ProgramKind\x12\x10\n\x08\x64\x65lay_ms\x18\x07 \x01(\r\x12\x0f\n\x07step_ms\x18\x08 \x01(\r\x12\x1c\n\x14model_sample_rate_hz\x18\t \x01(\r\x12\x1a\n\x12min_sample_rate_hz\x18\n \x01(\r\x12\x1a\n\x12max_sample_rate_hz\x18\x0b \x01(\r\x12\x35\n\tencodings\x18\x0c \x03(\x0e\x32\".voxtral.realtime.v1.AudioEncoding\x12\x12\n\nvocab_size\x18\r \x01(\r\x12\x1d\n\x15\x65ncoder_window_frames\x18\x0e \x01(\r\x12\x1d\n\x15\x64\x65\x63oder_window_tokens\x18\x0f \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x10 \x01(\r\x12\x31\n\x06limits\x18\x11 \x01(\x0b\x32!.voxtral.realtime.v1.ServerLimits\"\xac\x02\n\x0cServerLimits\x12\x14\n\x0cmax_sessions\x18\x01 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x12\x16\n\x0eidle_timeout_s\x18\x04 \x01(\x01\x12\x1b\n\x13max_session_audio_s\x18\x05 \x01(\x01\x12\x1b\n\x13max_offline_audio_s\x18\x06 \x01(\x01\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12\x15\n\rauth_required\x18\x08 \x01(\x08\x12\x1e\n\x16max_session_duration_s\x18\t \x01(\x01\x12\x13\n\x0bmax_flushes\x18\n \x01(\r\x12\x1c\n\x14max_buffered_audio_s\x18\x0b \x01(\x01*e\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIO_ENCODING_PCM16LE\x10\x01\x12\x18\n\x14\x41UDIO_ENCODING_F32LE\x10\x02*y\n\x11TranscriptionMode\x12\"\n\x1eTRANSCRIPTION_MODE_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSCRIPTION_MODE_STREAMING\x10\x01\x12\x1e\n\x1aTRANSCRIPTION_MODE_OFFLINE\x10\x02*5\n\x07\x43ontrol\x12\x17\n\x13\x43ONTROL_UNSPECIFIED\x10\x00\x12\x11\n\rCONTROL_FLUSH\x10\x01*\x83\x02\n\x0b\x46inalReason\x12\x1c\n\x18\x46INAL_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INAL_REASON_FLUSH\x10\x01\x12\x1d\n\x19\x46INAL_REASON_END_OF_AUDIO\x10\x02\x12\x1a\n\x16\x46INAL_REASON_MODEL_EOS\x10\x03\x12\x1f\n\x1b\x46INAL_REASON_MAX_NEW_TOKENS\x10\x05\x12 \n\x1c\x46INAL_REASON_SERVER_SHUTDOWN\x10\x06\x12\x1e\n\x1a\x46INAL_REASON_SESSION_LIMIT\x10\x07\"\x04\x08\x04\x10\x04*\x1a\x46INAL_REASON_CONTEXT_RESET*a\n\x0bProgramKind\x12\x1c\n\x18PROGRAM_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROGRAM_KIND_STREAMING\x10\x01\x12\x18\n\x14PROGRAM_KIND_OFFLINE\x10\x02\x32\xc6\x01\n\x08Realtime\x12\x61\n\nTranscribe\x12&.voxtral.realtime.v1.TranscribeRequest\x1a\'.voxtral.realtime.v1.TranscribeResponse(\x01\x30\x01\x12W\n\x08\x44\x65scribe\x12$.voxtral.realtime.v1.DescribeRequest\x1a%.voxtral.realtime.v1.ModelDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"voxtral/realtime/v1/realtime.proto\x12\x13voxtral.realtime.v1\"\x96\x01\n\x11TranscribeRequest\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\".voxtral.realtime.v1.SessionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12/\n\x07\x63ontrol\x18\x03 \x01(\x0e\x32\x1c.voxtral.realtime.v1.ControlH\x00\x42\t\n\x07request\"\xbb\x02\n\rSessionConfig\x12\x34\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\".voxtral.realtime.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x34\n\x04mode\x18\x03 \x01(\x0e\x32&.voxtral.realtime.v1.TranscriptionMode\x12\x11\n\ttoken_ids\x18\x04 \x01(\x08\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12:\n\x0b\x65ndpointing\x18\x08 \x01(\x0b\x32 .voxtral.realtime.v1.EndpointingH\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0e\n\x0c_endpointing\"\xa3\x01\n\x0b\x45ndpointing\x12\x16\n\tthreshold\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12 \n\x13silence_duration_ms\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1e\n\x11prefix_padding_ms\x18\x03 \x01(\rH\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\x16\n\x14_silence_duration_msB\x14\n\x12_prefix_padding_ms\"\xe8\x01\n\x12TranscribeResponse\x12\x36\n\x07started\x18\x01 \x01(\x0b\x32#.voxtral.realtime.v1.SessionStartedH\x00\x12/\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.voxtral.realtime.v1.TextDeltaH\x00\x12+\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1a.voxtral.realtime.v1.FinalH\x00\x12\x19\n\x11\x61udio_processed_s\x18\x04 \x01(\x01\x12\x18\n\x10\x61udio_received_s\x18\x05 \x01(\x01\x42\x07\n\x05\x65vent\"$\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\"Z\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x03 \x01(\x01\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\"g\n\x05\x46inal\x12\x30\n\x06reason\x18\x01 \x01(\x0e\x32 .voxtral.realtime.v1.FinalReason\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xec\x03\n\x10ModelDescription\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x31\n\x07program\x18\x06 \x01(\x0e\x32 .voxtral.realtime.v1.ProgramKind\x12\x10\n\x08\x64\x65lay_ms\x18\x07 \x01(\r\x12\x0f\n\x07step_ms\x18\x08 \x01(\r\x12\x1c\n\x14model_sample_rate_hz\x18\t \x01(\r\x12\x1a\n\x12min_sample_rate_hz\x18\n \x01(\r\x12\x1a\n\x12max_sample_rate_hz\x18\x0b \x01(\r\x12\x35\n\tencodings\x18\x0c \x03(\x0e\x32\".voxtral.realtime.v1.AudioEncoding\x12\x12\n\nvocab_size\x18\r \x01(\r\x12\x1d\n\x15\x65ncoder_window_frames\x18\x0e \x01(\r\x12\x1d\n\x15\x64\x65\x63oder_window_tokens\x18\x0f \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x10 \x01(\r\x12\x31\n\x06limits\x18\x11 \x01(\x0b\x32!.voxtral.realtime.v1.ServerLimits\"\xac\x02\n\x0cServerLimits\x12\x14\n\x0cmax_sessions\x18\x01 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x12\x16\n\x0eidle_timeout_s\x18\x04 \x01(\x01\x12\x1b\n\x13max_session_audio_s\x18\x05 \x01(\x01\x12\x1b\n\x13max_offline_audio_s\x18\x06 \x01(\x01\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12\x15\n\rauth_required\x18\x08 \x01(\x08\x12\x1e\n\x16max_session_duration_s\x18\t \x01(\x01\x12\x13\n\x0bmax_flushes\x18\n \x01(\r\x12\x1c\n\x14max_buffered_audio_s\x18\x0b \x01(\x01*e\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIO_ENCODING_PCM16LE\x10\x01\x12\x18\n\x14\x41UDIO_ENCODING_F32LE\x10\x02*y\n\x11TranscriptionMode\x12\"\n\x1eTRANSCRIPTION_MODE_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSCRIPTION_MODE_STREAMING\x10\x01\x12\x1e\n\x1aTRANSCRIPTION_MODE_OFFLINE\x10\x02*5\n\x07\x43ontrol\x12\x17\n\x13\x43ONTROL_UNSPECIFIED\x10\x00\x12\x11\n\rCONTROL_FLUSH\x10\x01*\x9e\x02\n\x0b\x46inalReason\x12\x1c\n\x18\x46INAL_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INAL_REASON_FLUSH\x10\x01\x12\x1d\n\x19\x46INAL_REASON_END_OF_AUDIO\x10\x02\x12\x1a\n\x16\x46INAL_REASON_MODEL_EOS\x10\x03\x12\x1f\n\x1b\x46INAL_REASON_MAX_NEW_TOKENS\x10\x05\x12 \n\x1c\x46INAL_REASON_SERVER_SHUTDOWN\x10\x06\x12\x1e\n\x1a\x46INAL_REASON_SESSION_LIMIT\x10\x07\x12\x19\n\x15\x46INAL_REASON_ENDPOINT\x10\x08\"\x04\x08\x04\x10\x04*\x1a\x46INAL_REASON_CONTEXT_RESET*a\n\x0bProgramKind\x12\x1c\n\x18PROGRAM_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROGRAM_KIND_STREAMING\x10\x01\x12\x18\n\x14PROGRAM_KIND_OFFLINE\x10\x02\x32\xc6\x01\n\x08Realtime\x12\x61\n\nTranscribe\x12&.voxtral.realtime.v1.TranscribeRequest\x1a\'.voxtral.realtime.v1.TranscribeResponse(\x01\x30\x01\x12W\n\x08\x44\x65scribe\x12$.voxtral.realtime.v1.DescribeRequest\x1a%.voxtral.realtime.v1.ModelDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voxtral.realtime.v1.realtime_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=1741
-  _globals['_AUDIOENCODING']._serialized_end=1842
-  _globals['_TRANSCRIPTIONMODE']._serialized_start=1844
-  _globals['_TRANSCRIPTIONMODE']._serialized_end=1965
-  _globals['_CONTROL']._serialized_start=1967
-  _globals['_CONTROL']._serialized_end=2020
-  _globals['_FINALREASON']._serialized_start=2023
-  _globals['_FINALREASON']._serialized_end=2282
-  _globals['_PROGRAMKIND']._serialized_start=2284
-  _globals['_PROGRAMKIND']._serialized_end=2381
+  _globals['_AUDIOENCODING']._serialized_start=1983
+  _globals['_AUDIOENCODING']._serialized_end=2084
+  _globals['_TRANSCRIPTIONMODE']._serialized_start=2086
+  _globals['_TRANSCRIPTIONMODE']._serialized_end=2207
+  _globals['_CONTROL']._serialized_start=2209
+  _globals['_CONTROL']._serialized_end=2262
+  _globals['_FINALREASON']._serialized_start=2265
+  _globals['_FINALREASON']._serialized_end=2551
+  _globals['_PROGRAMKIND']._serialized_start=2553
+  _globals['_PROGRAMKIND']._serialized_end=2650
   _globals['_TRANSCRIBEREQUEST']._serialized_start=60
   _globals['_TRANSCRIBEREQUEST']._serialized_end=210
   _globals['_SESSIONCONFIG']._serialized_start=213
-  _globals['_SESSIONCONFIG']._serialized_end=452
-  _globals['_TRANSCRIBERESPONSE']._serialized_start=455
-  _globals['_TRANSCRIBERESPONSE']._serialized_end=687
-  _globals['_SESSIONSTARTED']._serialized_start=689
-  _globals['_SESSIONSTARTED']._serialized_end=725
-  _globals['_TEXTDELTA']._serialized_start=727
-  _globals['_TEXTDELTA']._serialized_end=817
-  _globals['_FINAL']._serialized_start=819
-  _globals['_FINAL']._serialized_end=922
-  _globals['_DESCRIBEREQUEST']._serialized_start=924
-  _globals['_DESCRIBEREQUEST']._serialized_end=941
-  _globals['_MODELDESCRIPTION']._serialized_start=944
-  _globals['_MODELDESCRIPTION']._serialized_end=1436
-  _globals['_SERVERLIMITS']._serialized_start=1439
-  _globals['_SERVERLIMITS']._serialized_end=1739
-  _globals['_REALTIME']._serialized_start=2384
-  _globals['_REALTIME']._serialized_end=2582
+  _globals['_SESSIONCONFIG']._serialized_end=528
+  _globals['_ENDPOINTING']._serialized_start=531
+  _globals['_ENDPOINTING']._serialized_end=694
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=697
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=929
+  _globals['_SESSIONSTARTED']._serialized_start=931
+  _globals['_SESSIONSTARTED']._serialized_end=967
+  _globals['_TEXTDELTA']._serialized_start=969
+  _globals['_TEXTDELTA']._serialized_end=1059
+  _globals['_FINAL']._serialized_start=1061
+  _globals['_FINAL']._serialized_end=1164
+  _globals['_DESCRIBEREQUEST']._serialized_start=1166
+  _globals['_DESCRIBEREQUEST']._serialized_end=1183
+  _globals['_MODELDESCRIPTION']._serialized_start=1186
+  _globals['_MODELDESCRIPTION']._serialized_end=1678
+  _globals['_SERVERLIMITS']._serialized_start=1681
+  _globals['_SERVERLIMITS']._serialized_end=1981
+  _globals['_REALTIME']._serialized_start=2653
+  _globals['_REALTIME']._serialized_end=2851
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,7 @@ class FinalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINAL_REASON_MAX_NEW_TOKENS: _ClassVar[FinalReason]
     FINAL_REASON_SERVER_SHUTDOWN: _ClassVar[FinalReason]
     FINAL_REASON_SESSION_LIMIT: _ClassVar[FinalReason]
+    FINAL_REASON_ENDPOINT: _ClassVar[FinalReason]
 
 class ProgramKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +55,7 @@ FINAL_REASON_MODEL_EOS: FinalReason
 FINAL_REASON_MAX_NEW_TOKENS: FinalReason
 FINAL_REASON_SERVER_SHUTDOWN: FinalReason
 FINAL_REASON_SESSION_LIMIT: FinalReason
+FINAL_REASON_ENDPOINT: FinalReason
 PROGRAM_KIND_UNSPECIFIED: ProgramKind
 PROGRAM_KIND_STREAMING: ProgramKind
 PROGRAM_KIND_OFFLINE: ProgramKind
@@ -69,7 +71,7 @@ class TranscribeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., audio: _Optional[bytes] = ..., control: _Optional[_Union[Control, str]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hz", "mode", "token_ids", "temperature", "seed", "max_new_tokens")
+    __slots__ = ("encoding", "sample_rate_hz", "mode", "token_ids", "temperature", "seed", "max_new_tokens", "endpointing")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +79,7 @@ class SessionConfig(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTING_FIELD_NUMBER: _ClassVar[int]
     encoding: AudioEncoding
     sample_rate_hz: int
     mode: TranscriptionMode
@@ -84,7 +87,18 @@ class SessionConfig(_message.Message):
     temperature: float
     seed: int
     max_new_tokens: int
-    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., mode: _Optional[_Union[TranscriptionMode, str]] = ..., token_ids: _Optional[bool] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    endpointing: Endpointing
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., mode: _Optional[_Union[TranscriptionMode, str]] = ..., token_ids: _Optional[bool] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., endpointing: _Optional[_Union[Endpointing, _Mapping]] = ...) -> None: ...
+
+class Endpointing(_message.Message):
+    __slots__ = ("threshold", "silence_duration_ms", "prefix_padding_ms")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SILENCE_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_PADDING_MS_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    silence_duration_ms: int
+    prefix_padding_ms: int
+    def __init__(self, threshold: _Optional[float] = ..., silence_duration_ms: _Optional[int] = ..., prefix_padding_ms: _Optional[int] = ...) -> None: ...
 
 class TranscribeResponse(_message.Message):
     __slots__ = ("started", "delta", "final", "audio_processed_s", "audio_received_s")
