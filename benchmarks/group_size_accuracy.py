@@ -11,13 +11,16 @@ model). No export is needed, so a row costs about two minutes at full size inste
 The reference is the unquantized fp32 model. It decodes a speech-like signal greedily, one token per 80 ms step
 (prompt prefill, then one row per step); every model is then fed those tokens (teacher forcing: one early
 disagreement does not derail the rest) in one batched pass over all steps (causal, so the logits are those of
-streaming). Printed per group size: the cosine of the audio embeddings (encoder + adapter output) with the
+streaming). Printed per group size: the rounding error of the linears' weights (RMS of the error over RMS of the
+weights, all quantized linears together), the cosine of the audio embeddings (encoder + adapter output) with the
 reference's, and over every step that samples a token the logit cosine (mean, 5th percentile, min), the share of
 steps whose argmax is the reference's token, and the share whose argmax is in the reference's top 5.
 
-Random weights have no redundancy, so rounding errors add up through every layer; a synthetic checkpoint written
-with `voxtral-model synth --branch-scale` (smaller residual updates, as trained models make) gives end-to-end
-figures that can be compared. Either way the table ranks group sizes; absolute accuracy needs the real weights.
+Random weights make a model that amplifies any rounding: its attention is nearly one-hot (random queries and keys
+give logits of a wide spread), so a small change flips which key a head reads, and no layer has the redundancy a
+trained one has. On a synthetic checkpoint the logit columns are therefore near 0 for every group size and say
+nothing; the weight error and the audio embeddings rank the group sizes. Accuracy proper needs the real weights,
+which have outliers that per-channel scales handle worse than random ones.
 """
 
 from __future__ import annotations
@@ -36,6 +39,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import TOP_K, voice  # noqa: E402  one speech-like signal for every accuracy benchmark
 
 MAX_SEQ_LEN = 4096  # flat cache of the eager model: enough for 300 s of steps
+
+
+def weight_error(model, checkpoint: Path) -> float:
+    """RMS of (dequantized - original) over RMS of the original, over every quantized linear of `model`."""
+    from safetensors import safe_open
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+    from voxtral_model.checkpoint import checkpoint_key_map
+
+    keys = {name: key for key, name in checkpoint_key_map(model.config).items()}
+    error = total = 0.0
+    with safe_open(str(checkpoint / "consolidated.safetensors"), framework="pt") as f:
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, IntxUnpackedToInt8Tensor) and name + ".weight" in keys:
+                original = f.get_tensor(keys[name + ".weight"]).float()
+                error += (weight.dequantize().float() - original).pow(2).sum().item()
+                total += original.pow(2).sum().item()
+    return (error / total) ** 0.5
 
 
 def load(checkpoint: Path, group_size: int | None):
@@ -119,10 +140,11 @@ def main() -> int:
         with torch.no_grad():
             audio = model.encode_audio(mel)
         logits = teacher_forced(model, audio, tokens, first)
+        rounding = weight_error(model, args.checkpoint)
         audio_cos = cosine_similarity(audio[0].double(), ref_audio[0].double(), dim=-1).mean()
         cos = cosine_similarity(logits.double(), ref_logits.double(), dim=-1)
         argmax = logits.argmax(-1)
-        rows.append(f"| {label} | {audio_cos:.4f} | {cos.mean():.4f} | {cos.quantile(0.05):.4f} | {cos.min():.4f} | "
+        rows.append(f"| {label} | {rounding:.4f} | {audio_cos:.4f} | {cos.mean():.4f} | {cos.quantile(0.05):.4f} | {cos.min():.4f} | "
                     f"{(argmax == chosen).double().mean():.3f} | {(top == argmax[:, None]).any(-1).double().mean():.3f} |")
         del model, audio, logits
         gc.collect()
@@ -131,9 +153,9 @@ def main() -> int:
     print(f"\n{args.checkpoint}: 8da4w linears (encoder and decoder), 8w embedding, against fp32; "
           f"{len(ref_logits)} sampled steps of {args.seconds:g} s speech-like audio, teacher-forced (the fp32 "
           f"model chose {len(set(sampled))} distinct tokens in its {len(sampled)} steps)\n")
-    print("| int4 scales | audio embedding cosine | logit cosine mean | p5 | min | argmax agreement | "
-          f"argmax in reference top-{TOP_K} |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| int4 scales | weight rounding error | audio embedding cosine | logit cosine mean | p5 | min | "
+          f"argmax agreement | argmax in reference top-{TOP_K} |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     return 0
 

@@ -59,23 +59,3 @@ def test_cli(tmp_path):
     (out / "params.json").write_text("{}")
     bad = subprocess.run([sys.executable, "-m", "voxtral_model.cli", "check", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "params.json: missing field" in bad.stderr
-
-
-def test_branch_scale_shrinks_only_the_residual_branch_outputs(tmp_path, tiny_dir):
-    from voxtral_model.synth import BRANCH_OUTPUTS, write_synthetic_checkpoint
-
-    scaled = write_synthetic_checkpoint(tmp_path / "scaled", "tiny", branch_scale=0.25)
-    with safe_open(str(tiny_dir / "consolidated.safetensors"), framework="pt") as a, \
-            safe_open(str(scaled / "consolidated.safetensors"), framework="pt") as b:
-        keys = list(a.keys())
-        for key in keys:
-            factor = 0.25 if key.endswith(BRANCH_OUTPUTS) else 1.0
-            assert (b.get_tensor(key).float() == (a.get_tensor(key).float() * factor).bfloat16().float()).all(), key
-    assert any(key.endswith(BRANCH_OUTPUTS) for key in keys)
-
-
-def test_branch_scale_out_of_range_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "voxtral_model.cli", "synth", "--out", str(tmp_path / "c"),
-                             "--branch-scale", "0"], capture_output=True, text=True)
-    assert result.returncode == 2 and "branch_scale must be in (0, 1]" in result.stderr
-    assert not (tmp_path / "c").exists()

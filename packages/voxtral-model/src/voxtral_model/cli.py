@@ -21,10 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--dims", choices=sorted(DIMS), default="tiny",
                        help="tiny: test-sized; full: the real shapes (~9 GB, for benchmarks)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--branch-scale", type=float, default=1.0, metavar="S",
-                       help="scale each layer's attention and feed-forward output projections by S in (0, 1]: "
-                            "smaller residual updates, as in trained models, so that quantization accuracy can be "
-                            "compared end to end (default: %(default)s)")
     check = sub.add_parser("check", help="validate a checkpoint directory (config fields, tensor names and shapes)")
     check.add_argument("model_dir")
     args = parser.parse_args(argv)
@@ -32,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "synth":
             start = time.monotonic()
-            out = write_synthetic_checkpoint(args.out, args.dims, args.seed, progress=True,
-                                             branch_scale=args.branch_scale)
+            out = write_synthetic_checkpoint(args.out, args.dims, args.seed, progress=True)
             print(f"wrote a synthetic {args.dims} checkpoint (random weights) to {out} "
                   f"in {time.monotonic() - start:.1f} s", file=sys.stderr)
         elif args.command == "check":
@@ -42,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.model_dir}: ok (encoder {config.encoder.n_layers} layers x {config.encoder.dim}, "
                   f"decoder {config.decoder.n_layers} layers x {config.decoder.dim}, delay {config.delay_tokens} "
                   f"tokens)")
-    except (ConfigError, CheckpointError, ValueError) as e:
+    except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

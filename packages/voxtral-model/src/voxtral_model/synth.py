@@ -4,10 +4,6 @@
 Values are random but scaled so activations stay in a sane range and greedy decoding yields varied tokens (small
 token embeddings: large ones make the model repeat [STREAMING_PAD] forever). The weights are written tensor by tensor
 straight into the safetensors layout, so even the full checkpoint needs little memory to write.
-
-`branch_scale` below 1 shrinks what each layer adds to its residual stream (the attention and feed-forward output
-projections), as trained models do: then the rounding of quantized weights in one layer does not swamp the stream,
-and end-to-end accuracy figures of quantization schemes can be compared (benchmarks/group_size_accuracy.py).
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ LINEAR_GAIN = 2.0
 USED_SPECIAL_IDS = (1, 2, 32, 33)  # BOS, EOS, [STREAMING_PAD], [STREAMING_WORD]
 UNUSED_SPECIAL_SCALE = 0.1
 BYTE_TOKEN_SCALE = 0.3
-BRANCH_OUTPUTS = ("attention.wo.weight", "attention.wo.bias", "feed_forward.w2.weight", "feed_forward.w2.bias")
 
 # Real ids of the special tokens that matter (docs/spec.md §2.3); the others are placeholders as in tekken.json.
 SPECIAL_NAMES = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 5: "[AVAILABLE_TOOLS]",
@@ -157,12 +152,10 @@ def _init_std(key: str, shape: tuple[int, ...]) -> tuple[float, float]:
     return 0.0, LINEAR_GAIN / math.sqrt(math.prod(shape[1:]))
 
 
-def _tensor(key: str, shape: tuple[int, ...], seed: int, branch_scale: float = 1.0) -> torch.Tensor:
+def _tensor(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
     mean, std = _init_std(key, shape)
     values = torch.randn(shape, generator=generator) * std + mean
-    if key.endswith(BRANCH_OUTPUTS):
-        values *= branch_scale
     if key.endswith("tok_embeddings.weight"):
         # Unused control tokens get small embeddings so that (tied) logits rarely pick them: random weights then
         # produce text pieces, [STREAMING_PAD]/[STREAMING_WORD] and EOS, like the real model's output mix.
@@ -173,8 +166,7 @@ def _tensor(key: str, shape: tuple[int, ...], seed: int, branch_scale: float = 1
     return values.to(torch.bfloat16)
 
 
-def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], seed: int, progress: bool,
-                      branch_scale: float = 1.0) -> None:
+def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], seed: int, progress: bool) -> None:
     """Writes bf16 tensors one at a time in the safetensors layout (8-byte header size, JSON header, raw data)."""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -190,7 +182,7 @@ def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], seed: int,
         f.write(header_bytes)
         written = 0
         for i, (key, shape) in enumerate(shapes.items()):
-            data = _tensor(key, shape, seed, branch_scale).view(torch.int16).numpy().tobytes()
+            data = _tensor(key, shape, seed).view(torch.int16).numpy().tobytes()
             f.write(data)
             written += len(data)
             if progress and (i % 50 == 0 or i == len(shapes) - 1):
@@ -199,13 +191,10 @@ def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], seed: int,
 
 
 def write_synthetic_checkpoint(out_dir: str | Path, dims: str = "tiny", seed: int = 0,
-                               overrides: dict | None = None, progress: bool = False,
-                               branch_scale: float = 1.0) -> Path:
+                               overrides: dict | None = None, progress: bool = False) -> Path:
     """Writes params.json, tekken.json and consolidated.safetensors into `out_dir`; returns it."""
     if dims not in DIMS:
         raise ValueError(f"unknown dims {dims!r}; expected one of {sorted(DIMS)}")
-    if not 0 < branch_scale <= 1:
-        raise ValueError(f"branch_scale must be in (0, 1], got {branch_scale}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = params_json({**DIMS[dims], **(overrides or {})})
@@ -217,5 +206,5 @@ def write_synthetic_checkpoint(out_dir: str | Path, dims: str = "tiny", seed: in
     ordered = {key: shapes[key] for key in checkpoint_key_map(config)}
     (out / PARAMS_FILE).write_text(json.dumps(params, indent=2))
     (out / TOKENIZER_FILE).write_text(json.dumps(tekken, ensure_ascii=False))
-    write_safetensors(out / WEIGHTS_FILE, ordered, seed, progress, branch_scale)
+    write_safetensors(out / WEIGHTS_FILE, ordered, seed, progress)
     return out
