@@ -24,6 +24,34 @@ DEFAULT_MAX_BUFFERED_AUDIO_S = 10.0  # audio held ahead of the model before the 
 
 
 @dataclass(frozen=True)
+class Limit:
+    """One limit as `serve` takes it: the ServerOptions field, its command-line flag, type and help."""
+
+    field: str
+    flag: str
+    type: type
+    help: str
+
+
+LIMITS = (
+    Limit("max_sessions", "--max-sessions", int, "concurrent sessions; each holds its own program instance"),
+    Limit("idle_timeout_s", "--idle-timeout", float, "seconds without audio or a control before a session ends; "
+                                                     "empty audio messages do not count"),
+    Limit("max_message_bytes", "--max-message-bytes", int, "largest accepted request message"),
+    Limit("max_session_audio_s", "--max-session-audio", float, "seconds of audio one session may send; the audio "
+          "up to it is transcribed, then the session ends with RESOURCE_EXHAUSTED"),
+    Limit("max_session_duration_s", "--max-session-duration", float, "wall-clock seconds one session may last"),
+    Limit("max_flushes", "--max-flushes", int, "flush controls one session may send"),
+    Limit("max_buffered_audio_s", "--max-buffered-audio", float, "seconds of audio held ahead of the model per "
+          "session; beyond it the server stops reading and gRPC flow control slows the client"),
+    Limit("max_offline_audio_s", "--max-offline-audio", float, "seconds of audio in one offline-mode segment (an "
+          "offline program may hold less)"),
+    Limit("max_new_tokens", "--max-new-tokens", int, "tokens one session may sample (default: the most its audio "
+          "and flush limits allow)"),
+)
+
+
+@dataclass(frozen=True)
 class ServerOptions:
     max_sessions: int = DEFAULT_MAX_SESSIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
@@ -37,18 +65,15 @@ class ServerOptions:
     token: str | None = None
 
     def check(self) -> None:
-        """Raises ValueError naming the first option out of range."""
-        for name in ("max_sessions", "max_message_bytes", "max_flushes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("idle_timeout_s", "max_session_audio_s", "max_session_duration_s", "max_buffered_audio_s",
-                     "max_offline_audio_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be a positive number of "
-                                 f"seconds, got {value}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError("--max-new-tokens must be at least 1")
+        """Raises ValueError naming the first option out of range (by its flag)."""
+        for limit in LIMITS:
+            value = getattr(self, limit.field)
+            if value is None:  # max_new_tokens: derived from the other limits
+                continue
+            if limit.type is int and value < 1:
+                raise ValueError(f"{limit.flag} must be at least 1")
+            if limit.type is float and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{limit.flag} must be a positive number of seconds, got {value}")
 
     def token_cap(self, meta: ModelMetadata) -> int:
         """The server's cap on tokens sampled per session: by default the most a session within the audio and flush

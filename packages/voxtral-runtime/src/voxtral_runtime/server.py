@@ -149,28 +149,11 @@ def add_arguments(p) -> None:
     p.add_argument("--preprocessor_path", "--preprocessor-path", help="preprocessor.pte")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (0.0.0.0 to listen on all)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s; 0 picks a free port")
-    p.add_argument("--max-sessions", type=int, default=limits.DEFAULT_MAX_SESSIONS,
-                   help="concurrent sessions; each holds its own program instance (default: %(default)s)")
-    p.add_argument("--idle-timeout", type=float, default=limits.DEFAULT_IDLE_TIMEOUT_S,
-                   help="seconds without audio or a control before a session ends; empty audio messages do not "
-                        "count (default: %(default)s)")
-    p.add_argument("--max-message-bytes", type=int, default=limits.DEFAULT_MAX_MESSAGE_BYTES,
-                   help="largest accepted request message (default: %(default)s)")
-    p.add_argument("--max-session-audio", type=float, default=limits.DEFAULT_MAX_SESSION_AUDIO_S,
-                   help="seconds of audio one session may send; the audio up to it is transcribed, then the "
-                        "session ends with RESOURCE_EXHAUSTED (default: %(default)s)")
-    p.add_argument("--max-session-duration", type=float, default=limits.DEFAULT_MAX_SESSION_DURATION_S,
-                   help="wall-clock seconds one session may last (default: %(default)s)")
-    p.add_argument("--max-flushes", type=int, default=limits.DEFAULT_MAX_FLUSHES,
-                   help="flush controls one session may send (default: %(default)s)")
-    p.add_argument("--max-buffered-audio", type=float, default=limits.DEFAULT_MAX_BUFFERED_AUDIO_S,
-                   help="seconds of audio held ahead of the model per session; beyond it the server stops reading "
-                        "and gRPC flow control slows the client (default: %(default)s)")
-    p.add_argument("--max-offline-audio", type=float, default=limits.DEFAULT_MAX_OFFLINE_AUDIO_S,
-                   help="seconds of audio in one offline-mode segment (default: %(default)s; an offline program "
-                        "may hold less)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="tokens one session may sample (default: the most its audio and flush limits allow)")
+    for limit in limits.LIMITS:
+        default = getattr(ServerOptions, limit.field)
+        p.add_argument(limit.flag, type=limit.type, default=default, dest=limit.field,
+                       metavar="S" if limit.type is float else "N",
+                       help=limit.help if default is None else f"{limit.help} (default: %(default)s)")
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE_S,
                    help="seconds sessions in flight get to finish on SIGTERM (default: %(default)s)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: serve TLS only)")
@@ -196,12 +179,8 @@ def run(args) -> int:
         print("voxtral-runtime serve: error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     tls_wanted = bool(args.tls_cert)
-    options = ServerOptions(
-        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout, max_message_bytes=args.max_message_bytes,
-        max_session_audio_s=args.max_session_audio, max_session_duration_s=args.max_session_duration,
-        max_flushes=args.max_flushes, max_buffered_audio_s=args.max_buffered_audio,
-        max_offline_audio_s=args.max_offline_audio, max_new_tokens=args.max_new_tokens,
-        token=args.token or os.environ.get("VOXTRAL_TOKEN") or None)
+    options = ServerOptions(**{limit.field: getattr(args, limit.field) for limit in limits.LIMITS},
+                            token=args.token or os.environ.get("VOXTRAL_TOKEN") or None)
     try:
         options.check()
     except ValueError as e:
