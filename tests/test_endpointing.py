@@ -96,6 +96,7 @@ def test_silero_hears_the_speech_and_not_the_silence(utterances):
     assert max(silence) < 0.1 and np.mean(np.array(speech) > 0.5) > 0.5
 
 
+@pytest.mark.slow  # needs an exported program
 def test_finals_at_the_pauses_and_the_model_idle_in_silence(engine, conversation):
     audio, spans = conversation
     session = engine.session(endpointing=EndpointingOptions(silence_ms=500))
@@ -122,6 +123,7 @@ def test_finals_at_the_pauses_and_the_model_idle_in_silence(engine, conversation
     assert session.steps_computed - prompt_steps < audio_steps  # fewer model steps than audio steps
 
 
+@pytest.mark.slow  # needs an exported program
 def test_silence_alone_never_runs_the_model_after_prepare(engine):
     session = engine.session(endpointing=EndpointingOptions())
     session.prepare()
@@ -132,6 +134,7 @@ def test_silence_alone_never_runs_the_model_after_prepare(engine):
     assert events[-1].end_s == 5.0
 
 
+@pytest.mark.slow  # needs an exported program
 def test_chunking_does_not_change_the_result(engine, conversation):
     audio, _ = conversation
     results = []
@@ -141,6 +144,7 @@ def test_chunking_does_not_change_the_result(engine, conversation):
     assert results[0] == results[1] == results[2]
 
 
+@pytest.mark.slow  # needs an exported program
 def test_no_prefix_and_a_long_pause(engine, conversation):
     audio, spans = conversation
     session = engine.session(endpointing=EndpointingOptions(prefix_ms=0, silence_ms=3000))
@@ -152,6 +156,7 @@ def test_no_prefix_and_a_long_pause(engine, conversation):
     assert pieces[0].start_s >= spans[0][0] - 0.04  # no prefix: nothing before the speech is heard
 
 
+@pytest.mark.slow  # needs an exported program
 def test_an_offline_session_refuses_endpointing(engine):
     with pytest.raises(ProgramError, match="endpointing is for live sessions"):
         engine.session(offline=True, endpointing=EndpointingOptions())
@@ -168,6 +173,7 @@ def pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
+@pytest.mark.slow  # needs an exported program
 def test_grpc_endpointing(server, conversation):
     audio, spans = conversation
     client = RealtimeClient(f"127.0.0.1:{server.port}")
@@ -188,6 +194,7 @@ def test_grpc_endpointing(server, conversation):
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and "streaming sessions" in error.value.message
 
 
+@pytest.mark.slow  # needs an exported program
 def test_websocket_turn_detection(server, conversation):
     audio, _ = conversation
     data = pcm16(audio)
