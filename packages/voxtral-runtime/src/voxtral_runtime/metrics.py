@@ -36,8 +36,10 @@ class Metrics:
                                registry=registry)
         self.first_text = Histogram("voxtral_time_to_first_text_seconds", "From a session's start to its first "
                                     "text.", buckets=FIRST_TEXT_BUCKETS, registry=registry)
-        self.audio = Counter("voxtral_audio_processed_seconds", "Seconds of client audio the model has processed.",
-                             registry=registry)
+        self.audio = Counter("voxtral_audio_processed_seconds", "Seconds of client audio the model has processed "
+                             "(audio endpointing skipped included).", registry=registry)
+        self.skipped = Counter("voxtral_audio_skipped_seconds", "Seconds of client audio endpointing kept from the "
+                               "model (no speech in it).", registry=registry)
         self.lag = Gauge("voxtral_session_lag_seconds", "Audio a session has received but not processed yet.",
                          ["session"], registry=registry)
         Gauge("voxtral_lag_max_seconds", "The largest lag among active sessions.",
@@ -100,6 +102,7 @@ class SessionMeter:
     def run(self, call: Callable[..., list], *args) -> list:
         """Runs a model call; records its time per step, the audio it processed and the first text."""
         steps, processed = self.session.steps_computed, self.session.audio_processed_s
+        skipped = getattr(self.session, "skipped_samples", 0)  # an endpointing session's
         started = time.perf_counter()
         events = call(*args) or []  # prepare returns nothing
         elapsed = time.perf_counter() - started
@@ -107,6 +110,8 @@ class SessionMeter:
         for _ in range(ran):
             self.metrics.steps.observe(elapsed / ran)
         self.metrics.audio.inc(max(self.session.audio_processed_s - processed, 0.0))
+        if skipped != getattr(self.session, "skipped_samples", 0):
+            self.metrics.skipped.inc((self.session.skipped_samples - skipped) / self.session.rate)
         if not self.saw_text and any(getattr(e, "text", "") for e in events):
             self.saw_text = True
             self.metrics.first_text.observe(time.monotonic() - self.started)
