@@ -144,8 +144,9 @@ def main() -> int:
         audio_cos = cosine_similarity(audio[0].double(), ref_audio[0].double(), dim=-1).mean()
         cos = cosine_similarity(logits.double(), ref_logits.double(), dim=-1)
         argmax = logits.argmax(-1)
-        rows.append(f"| {label} | {rounding:.4f} | {audio_cos:.4f} | {cos.mean():.4f} | {cos.quantile(0.05):.4f} | {cos.min():.4f} | "
-                    f"{(argmax == chosen).double().mean():.3f} | {(top == argmax[:, None]).any(-1).double().mean():.3f} |")
+        agree, in_top = (argmax == chosen).double().mean(), (top == argmax[:, None]).any(-1).double().mean()
+        rows.append(f"| {label} | {rounding:.4f} | {audio_cos:.4f} | {cos.mean():.4f} | {cos.quantile(0.05):.4f} | "
+                    f"{cos.min():.4f} | {agree:.3f} | {in_top:.3f} |")
         del model, audio, logits
         gc.collect()
 

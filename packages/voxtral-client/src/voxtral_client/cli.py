@@ -136,7 +136,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--json and --output-format {args.output_format} both want stdout; write the file with --output")
     streaming_only = {"--offline": args.offline, "--temperature": args.temperature != 0.0,
                       "--seed": args.seed is not None, "--max-new-tokens": args.max_new_tokens != 0,
-                      "--endpointing": args.endpointing is not None, "--output": args.output is not None, "--output-format": args.output_format is not None}
+                      "--endpointing": args.endpointing is not None, "--output": args.output is not None,
+                      "--output-format": args.output_format is not None}
     if not (args.mic or args.file):
         used = [flag for flag, on in streaming_only.items() if on]
         if used:

@@ -119,7 +119,8 @@ class Event:
     For a delta, start_s/end_s are the audio span the text belongs to and `step` the 80 ms decode step; for a
     final, `text` is the whole segment, start_s/end_s its span and `reason` why it ended ("flush", "end_of_audio",
     "model_eos", "max_new_tokens", "server_shutdown", "session_limit", "endpoint"). Times are seconds of the audio
-    sent in this session; audio_received_s - audio_processed_s is how much of it waits for the model (the session's lag).
+    sent in this session; audio_received_s - audio_processed_s is how much of it waits for the model (the session's
+    lag).
     """
 
     kind: str

@@ -2,11 +2,11 @@
 
 Opt-in per session. Silero VAD scores every 32 ms frame. While there is speech, audio goes to the model as usual. When
 speech has been absent for `silence_ms`, the session flushes (the pending words come out, then a segment end with
-reason ENDPOINT; the flush pads that much less silence, since the model has just heard it) and the model stops running: until speech comes back, audio is only scored, and its time is skipped
-in the session's timeline (timestamps stay those of the client's audio). When speech resumes, the last `prefix_ms`
-before it are sent first, so the first syllable is not cut. Without endpointing the model hears every sample, as in
-Mistral's reference; with it, a long pause costs the detector instead of the model, which is how a slow device
-catches up.
+reason ENDPOINT; the flush pads that much less silence, since the model has just heard it) and the model stops
+running: until speech comes back, audio is only scored, and its time is skipped in the session's timeline (timestamps
+stay those of the client's audio). When speech resumes, the last `prefix_ms` before it are sent first, so the first
+syllable is not cut. Without endpointing the model hears every sample, as in Mistral's reference; with it, a long
+pause costs the detector instead of the model, which is how a slow device catches up.
 """
 
 from __future__ import annotations

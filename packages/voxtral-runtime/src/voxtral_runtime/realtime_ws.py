@@ -2,9 +2,9 @@
 --websocket-port`), over the same engine, session slots, limits, access token and TLS.
 
 The protocol (docs/runtime.md, "Realtime websocket", lists the differences from vLLM): the server greets with
-`session.created`; the client may send `session.update` (whose `turn_detection` turns on endpointing for the
-next transcription: `input_audio_buffer.speech_stopped` at each pause); it sends `input_audio_buffer.append` events (base64 PCM16
-mono at 16 kHz) and `input_audio_buffer.commit`. The first commit starts a transcription (a session on a program
+`session.created`; the client may send `session.update` (whose `turn_detection` turns on endpointing for the next
+transcription: `input_audio_buffer.speech_stopped` at each pause); it sends `input_audio_buffer.append` events (base64
+PCM16 mono at 16 kHz) and `input_audio_buffer.commit`. The first commit starts a transcription (a session on a program
 instance of its own), which takes the audio appended before and after it and answers `transcription.delta` events as
 text is decoded; `input_audio_buffer.commit` with `"final": true` ends the audio, and the server answers
 `transcription.done` (the whole text and the token usage) and frees the instance. The client may then start another.

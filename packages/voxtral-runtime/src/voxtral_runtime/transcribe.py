@@ -83,8 +83,9 @@ def transcribe_file(engine: Engine, audio_path: Path, printer: Printer, streamin
     print(f"[{total_s:.1f} s of audio in {elapsed:.1f} s, real-time factor {elapsed / max(total_s, 1e-9):.2f}]",
           file=sys.stderr)
     if isinstance(session, EndpointingSession):
-        print(f"[endpointing: the model ran {session.steps_computed} decoder steps for {len(audio) / engine.spec.meta.step_samples:.0f} steps "
-              f"of audio; {session.skipped_samples / rate:.1f} s of audio without speech skipped]", file=sys.stderr)
+        audio_steps = len(audio) // engine.spec.meta.step_samples
+        print(f"[endpointing: the model ran {session.steps_computed} decoder steps for {audio_steps} steps of audio; "
+              f"{session.skipped_samples / rate:.1f} s of audio without speech skipped]", file=sys.stderr)
 
 
 def transcribe_stdin(engine: Engine, printer: Printer, chunk_ms: float, stdin=None, **session_options) -> None:
