@@ -32,3 +32,18 @@ def bundles(tiny_dir, tmp_path_factory):
     from bundles import BundleFactory
 
     return BundleFactory(tiny_dir, tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="module")
+def stream_bundle(bundles):
+    """The plain XNNPACK streaming bundle most runtime and server tests use."""
+    return bundles("xnnpack-stream")
+
+
+@pytest.fixture(scope="module")
+def stream_engine(stream_bundle):
+    """An engine over `stream_bundle`, one per test module (its idle instances are that module's)."""
+    from voxtral_runtime.engine import Engine
+    from voxtral_runtime.programs import BundlePaths
+
+    return Engine(BundlePaths.resolve(stream_bundle))

@@ -25,11 +25,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def stream_engine(bundles):
-    return Engine(BundlePaths.resolve(bundles("xnnpack-stream")))
-
-
-@pytest.fixture(scope="module")
 def offline_engine(bundles):
     return Engine(BundlePaths.resolve(bundles("xnnpack-offline")))
 

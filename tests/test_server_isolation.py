@@ -17,28 +17,17 @@ from signals import speechlike
 from voxtral_client.client import RealtimeClient
 from voxtral_client.proto import realtime_pb2 as pb
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
-from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths
 from voxtral_runtime.session import TextPiece
 
 pytestmark = pytest.mark.slow
 RATE = 16000
 
 
-@pytest.fixture(scope="module")
-def bundle(bundles):
-    return bundles("xnnpack-stream")
-
 
 @pytest.fixture(scope="module")
-def engine(bundle):
-    return Engine(BundlePaths.resolve(bundle))
-
-
-@pytest.fixture(scope="module")
-def one_slot(bundle):
+def one_slot(stream_bundle):
     """A server with a single program instance, so every session reuses the previous session's instance."""
-    server = start_in_process(bundle, max_sessions=1, idle_timeout_s=3.0)
+    server = start_in_process(stream_bundle, max_sessions=1, idle_timeout_s=3.0)
     yield server
     server.stop(0)
 
@@ -72,10 +61,10 @@ def clean_audio(seconds=2.0, seed=41) -> np.ndarray:
     return np.clip(speechlike(seconds, seed=seed).numpy(), -1, 1)
 
 
-def test_huge_samples_are_refused_and_later_sessions_are_unchanged(one_slot, engine):
+def test_huge_samples_are_refused_and_later_sessions_are_unchanged(one_slot, stream_engine):
     """The poisoning of the issue: a chunk of 3e38 used to leave the reused instance producing empty or wrong text."""
     audio = clean_audio()
-    reference = local(engine, audio)
+    reference = local(stream_engine, audio)
     assert reference[1]
     status, _, responses = call(one_slot.port, [config(), *f32(audio)])
     assert status == grpc.StatusCode.OK and text_and_ids(responses) == reference
@@ -87,12 +76,12 @@ def test_huge_samples_are_refused_and_later_sessions_are_unchanged(one_slot, eng
         assert status == grpc.StatusCode.OK and text_and_ids(responses) == reference
 
 
-def test_samples_slightly_over_full_scale_are_clipped(one_slot, engine):
+def test_samples_slightly_over_full_scale_are_clipped(one_slot, stream_engine):
     audio = clean_audio(seed=42) * 4  # peaks over 1: a float WAV that was not normalized
     assert np.abs(audio).max() > 1.2
     status, _, responses = call(one_slot.port, [config(), *f32(audio)])
     assert status == grpc.StatusCode.OK
-    assert text_and_ids(responses) == local(engine, np.clip(audio, -1, 1))
+    assert text_and_ids(responses) == local(stream_engine, np.clip(audio, -1, 1))
 
 
 class NonFinite:
@@ -105,9 +94,10 @@ class NonFinite:
         return [torch.full_like(out, float("nan")) for out in self.method.execute(inputs)]
 
 
-def test_a_session_whose_outputs_turn_non_finite_ends_with_internal_and_its_instance_is_discarded(one_slot, engine):
+def test_a_session_whose_outputs_turn_non_finite_ends_with_internal_and_its_instance_is_discarded(one_slot,
+                                                                                                 stream_engine):
     audio = clean_audio(seed=43)
-    reference = local(engine, audio)
+    reference = local(stream_engine, audio)
     instance = one_slot.engine._spare[-1]  # the idle instance the next session will take
     instance.text_decoder = NonFinite(instance.text_decoder)
     status, details, _ = call(one_slot.port, [config(), *f32(audio)])
@@ -126,11 +116,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def test_an_hour_of_audio_sent_at_once_is_slowed_by_flow_control_with_bounded_memory(bundle, tmp_path):
+def test_an_hour_of_audio_sent_at_once_is_slowed_by_flow_control_with_bounded_memory(stream_bundle, tmp_path):
     """The client tries to push 3600 s of audio as fast as it can; the server holds at most --max-buffered-audio
     of it, so the client's sends wait, the server's memory stays flat and every response says how far behind it is.
     The bound is on how far the client runs ahead of the model, not on a count: a faster model takes more audio."""
-    server = ServerProcess(bundle, tmp_path, "--max-sessions", "1", "--max-buffered-audio", "2")
+    server = ServerProcess(stream_bundle, tmp_path, "--max-sessions", "1", "--max-buffered-audio", "2")
     try:
         one_second = (clean_audio(1.0, seed=44) * 32767).astype("<i2").tobytes()
         pulled = []
@@ -166,9 +156,9 @@ def test_an_hour_of_audio_sent_at_once_is_slowed_by_flow_control_with_bounded_me
 
 
 @pytest.fixture(scope="module")
-def limited(bundle):
-    server = start_in_process(bundle, max_sessions=2, idle_timeout_s=2.0, max_session_audio_s=2.0, max_flushes=2,
-                              max_session_duration_s=4.0, max_offline_audio_s=1.0)
+def limited(stream_bundle):
+    server = start_in_process(stream_bundle, max_sessions=2, idle_timeout_s=2.0, max_session_audio_s=2.0,
+                              max_flushes=2, max_session_duration_s=4.0, max_offline_audio_s=1.0)
     yield server
     server.stop(0)
 
@@ -182,13 +172,13 @@ def test_describe_reports_every_limit(limited):
     assert limits.max_new_tokens == 25 + 32 + 3 * 19 and limits.max_buffered_audio_s == 10.0
 
 
-def test_the_session_audio_limit_transcribes_up_to_it(limited, engine):
+def test_the_session_audio_limit_transcribes_up_to_it(limited, stream_engine):
     audio = clean_audio(3.0, seed=45)
     status, details, responses = call(limited.port, [config(), *f32(audio)])
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 s audio limit" in details, details
     assert finals(responses) == [pb.FINAL_REASON_SESSION_LIMIT]
     assert responses[-1].final.end_s == pytest.approx(2.0)
-    assert text_and_ids(responses) == local(engine, audio[: 2 * RATE])
+    assert text_and_ids(responses) == local(stream_engine, audio[: 2 * RATE])
 
 
 def test_flushes_are_limited_and_an_empty_flush_costs_no_model_step(limited):
@@ -224,19 +214,19 @@ def test_the_session_duration_limit_holds_however_little_audio_is_sent(limited):
     assert finals(responses) == [pb.FINAL_REASON_SESSION_LIMIT]
 
 
-def test_offline_mode_on_a_streaming_program_gives_the_streaming_text_at_the_end(one_slot, engine):
+def test_offline_mode_on_a_streaming_program_gives_the_streaming_text_at_the_end(one_slot, stream_engine):
     audio = clean_audio(2.0, seed=46)
     status, _, responses = call(one_slot.port, [config(mode=pb.TRANSCRIPTION_MODE_OFFLINE), *f32(audio)])
-    assert status == grpc.StatusCode.OK and text_and_ids(responses) == local(engine, audio)
+    assert status == grpc.StatusCode.OK and text_and_ids(responses) == local(stream_engine, audio)
     assert finals(responses) == [pb.FINAL_REASON_END_OF_AUDIO]
 
 
-def test_an_offline_segment_over_the_limit_is_transcribed_up_to_it(limited, engine):
+def test_an_offline_segment_over_the_limit_is_transcribed_up_to_it(limited, stream_engine):
     audio = clean_audio(2.0, seed=47)
     status, details, responses = call(limited.port, [config(mode=pb.TRANSCRIPTION_MODE_OFFLINE), *f32(audio)])
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED and "offline segment" in details, details
     assert finals(responses) == [pb.FINAL_REASON_SESSION_LIMIT]
-    assert text_and_ids(responses) == local(engine, audio[:RATE])  # exactly the first second
+    assert text_and_ids(responses) == local(stream_engine, audio[:RATE])  # exactly the first second
     assert responses[-1].final.end_s == pytest.approx(1.0)
 
 
