@@ -82,7 +82,9 @@ class EndpointingSession:
         return getattr(self.inner, name)
 
     def feed(self, samples: np.ndarray) -> list:
-        samples = np.concatenate([self.partial, self.inner.check_audio(samples)])
+        samples = self.inner.check_audio(samples)
+        if len(self.partial):  # the rest of a frame begun in the last call
+            samples = np.concatenate([self.partial, samples])
         whole = len(samples) - len(samples) % FRAME_SAMPLES
         self.partial = samples[whole:].copy()
         events: list = []

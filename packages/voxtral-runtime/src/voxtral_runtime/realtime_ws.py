@@ -125,8 +125,9 @@ class Transcription:
             elif isinstance(event, SegmentEnd) and event.reason == MAX_NEW_TOKENS:
                 self.capped = True
             elif isinstance(event, SegmentEnd) and event.reason == ENDPOINT:
-                events.append({"type": "input_audio_buffer.speech_stopped", "audio_start_ms": round(event.start_s *
-                               1000), "audio_end_ms": round(event.end_s * 1000), "text": event.text})
+                events.append({"type": "input_audio_buffer.speech_stopped", "text": event.text,
+                               "audio_start_ms": round(event.start_s * 1000),
+                               "audio_end_ms": round(event.end_s * 1000)})
         return events
 
     def done(self, prompt_tokens: int) -> dict:
@@ -312,9 +313,11 @@ class Connection:
             session = event.get("session", {})
             if not isinstance(session, dict):
                 raise EventError(INVALID_JSON, "session.update's 'session' must be an object")
+            endpointing = self.endpointing
             for fields in (session, event):  # OpenAI nests the settings in "session", vLLM's events are flat
                 if "turn_detection" in fields:
-                    self.endpointing = turn_detection(fields["turn_detection"])
+                    endpointing = turn_detection(fields["turn_detection"])
+            self.endpointing = endpointing  # only once every value is valid: a bad update changes nothing
         elif kind == "input_audio_buffer.append":
             samples = self._audio(event)
             # Waiting appends are taken together only while transcribing: before a commit each is held (or refused
