@@ -8,6 +8,7 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -16,10 +17,9 @@ from websockets.sync.client import connect
 
 from servers import start_in_process
 from voxtral_client.client import Endpointing, RealtimeClient, RealtimeError
-from voxtral_runtime.audio import load_audio
+from voxtral_runtime.audio import load_audio, write_wav
 from voxtral_runtime.endpointing import EndpointingOptions, EndpointingSession
-from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths, ProgramError
+from voxtral_runtime.programs import ProgramError
 from voxtral_runtime.session import ENDPOINT, MODEL_EOS, SegmentEnd, TextPiece, Timeline
 
 RATE = 16000
@@ -51,15 +51,6 @@ def conversation(utterances):
     spans = [(1.0, first_end), (first_end + PAUSE_S, first_end + PAUSE_S + len(utterances[1]) / RATE)]
     return audio, spans
 
-
-@pytest.fixture(scope="module")
-def bundle(bundles):
-    return bundles("xnnpack-stream")
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    return Engine(BundlePaths.resolve(bundle))
 
 
 def run(session, audio: np.ndarray, chunk: int = 1600) -> list:
@@ -97,9 +88,9 @@ def test_silero_hears_the_speech_and_not_the_silence(utterances):
 
 
 @pytest.mark.slow  # needs an exported program
-def test_finals_at_the_pauses_and_the_model_idle_in_silence(engine, conversation):
+def test_finals_at_the_pauses_and_the_model_idle_in_silence(stream_engine, conversation):
     audio, spans = conversation
-    session = engine.session(endpointing=EndpointingOptions(silence_ms=500))
+    session = stream_engine.session(endpointing=EndpointingOptions(silence_ms=500))
     assert isinstance(session, EndpointingSession)
     events = run(session, audio)
     finals = [e for e in events if isinstance(e, SegmentEnd) and e.reason != MODEL_EOS]  # the model's own ends
@@ -114,18 +105,18 @@ def test_finals_at_the_pauses_and_the_model_idle_in_silence(engine, conversation
     # The silences (1 s lead, the pauses less the 500 ms it takes to detect each and the 300 ms prefix) are skipped;
     # each endpoint's flush decodes 11 steps of padding instead (the 17 of a flush, less the 6 of the pause heard).
     assert session.skipped_samples / RATE >= 1 + 2 * (PAUSE_S - 0.5) - 2 * 0.3 - 0.3 - 0.2
-    plain = engine.session()  # the model runs every step of the audio
+    plain = stream_engine.session()  # the model runs every step of the audio
     plain_finals = [e.reason for e in run(plain, audio) if isinstance(e, SegmentEnd)]
     assert ENDPOINT not in plain_finals
     saved = plain.steps_computed - session.steps_computed
     assert saved >= (session.skipped_samples // STEP) - 2 * 11 - 2 and saved > 40, (plain.steps_computed, saved)
-    audio_steps, prompt_steps = len(audio) // STEP, engine.spec.meta.n_left_pad_tokens
+    audio_steps, prompt_steps = len(audio) // STEP, stream_engine.spec.meta.n_left_pad_tokens
     assert session.steps_computed - prompt_steps < audio_steps  # fewer model steps than audio steps
 
 
 @pytest.mark.slow  # needs an exported program
-def test_silence_alone_never_runs_the_model_after_prepare(engine):
-    session = engine.session(endpointing=EndpointingOptions())
+def test_silence_alone_never_runs_the_model_after_prepare(stream_engine):
+    session = stream_engine.session(endpointing=EndpointingOptions())
     session.prepare()
     prepared = session.steps_computed
     events = session.feed(np.zeros(5 * RATE, np.float32)) + session.flush() + session.finish()
@@ -135,19 +126,19 @@ def test_silence_alone_never_runs_the_model_after_prepare(engine):
 
 
 @pytest.mark.slow  # needs an exported program
-def test_chunking_does_not_change_the_result(engine, conversation):
+def test_chunking_does_not_change_the_result(stream_engine, conversation):
     audio, _ = conversation
     results = []
     for chunk in (333, 4000, len(audio)):
-        events = run(engine.session(endpointing=EndpointingOptions()), audio, chunk)
+        events = run(stream_engine.session(endpointing=EndpointingOptions()), audio, chunk)
         results.append([(type(e).__name__, e.text, round(e.start_s, 3), round(e.end_s, 3)) for e in events])
     assert results[0] == results[1] == results[2]
 
 
 @pytest.mark.slow  # needs an exported program
-def test_no_prefix_and_a_long_pause(engine, conversation):
+def test_no_prefix_and_a_long_pause(stream_engine, conversation):
     audio, spans = conversation
-    session = engine.session(endpointing=EndpointingOptions(prefix_ms=0, silence_ms=3000))
+    session = stream_engine.session(endpointing=EndpointingOptions(prefix_ms=0, silence_ms=3000))
     events = run(session, audio)
     finals = [e for e in events if isinstance(e, SegmentEnd) and e.reason != MODEL_EOS]
     assert [f.reason for f in finals] == [ENDPOINT, ENDPOINT, "end_of_audio"]
@@ -157,14 +148,32 @@ def test_no_prefix_and_a_long_pause(engine, conversation):
 
 
 @pytest.mark.slow  # needs an exported program
-def test_an_offline_session_refuses_endpointing(engine):
+def test_an_offline_session_refuses_endpointing(stream_engine):
     with pytest.raises(ProgramError, match="endpointing is for live sessions"):
-        engine.session(offline=True, endpointing=EndpointingOptions())
+        stream_engine.session(offline=True, endpointing=EndpointingOptions())
+
+
+@pytest.mark.slow  # needs an exported program
+def test_transcribe_cli_endpointing(stream_bundle, conversation, tmp_path):
+    audio, spans = conversation
+    wav = tmp_path / "conversation.wav"
+    write_wav(wav, audio, RATE)
+    run_cli = [sys.executable, "-m", "voxtral_runtime.cli", "transcribe", str(stream_bundle), "--audio_path", str(wav),
+               "--json"]
+    result = subprocess.run([*run_cli, "--endpointing", "500"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    finals = [e for e in map(json.loads, result.stdout.splitlines()) if e["type"] == "final"]
+    assert [f["reason"] for f in finals if f["reason"] != MODEL_EOS] == [ENDPOINT, ENDPOINT, "end_of_audio"]
+    endpoints = [f for f in finals if f["reason"] == ENDPOINT]
+    assert spans[0][1] + 0.4 <= endpoints[0]["end_s"] <= spans[0][1] + 0.8
+    assert "decoder steps for" in result.stderr and "without speech skipped" in result.stderr
+    bad = subprocess.run([*run_cli, "--endpointing", "50"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "endpointing silence must be 100-10000 ms, got 50" in bad.stderr
 
 
 @pytest.fixture(scope="module")
-def server(bundle):
-    srv = start_in_process(bundle, websocket_port=0, max_sessions=2)
+def server(stream_bundle):
+    srv = start_in_process(stream_bundle, websocket_port=0, max_sessions=2)
     yield srv
     srv.stop(0)
 
