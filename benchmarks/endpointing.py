@@ -6,8 +6,8 @@ Without --audio, speech is synthesized with espeak-ng (apt-get install espeak-ng
 other, separated by the pauses of PAUSES_S (about a minute in all, a third of it pauses, as in a dictation or a
 meeting). The file is fed 80 ms at a time through a streaming session without and with endpointing, alternately
 (--runs times each); printed: model time (the session's feed and finish calls, detector included), decoder steps
-run against the steps of audio, audio skipped, and how similar the two texts are (difflib's ratio over words: 1.0
-is the same text).
+run against the steps of audio, audio skipped, how similar the two texts are (difflib's ratio over words: 1.0 is
+the same text), and how idle the machine was while each ran (other work on it shows as less idle time).
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import voxtral_runtime  # noqa: F401  first: one OpenMP thread, as the runtime runs
 
-import numpy as np
+import numpy as np  # noqa: E402
+
+from step_time import cpu_times  # noqa: E402  the machine's idle and steal shares, from /proc/stat
 
 RATE = 16000
 PHRASES = ["good morning everyone and welcome to the weekly meeting", "first the numbers from last month",
@@ -87,14 +91,18 @@ def main() -> int:
     print(f"{seconds:.1f} s of audio ({audio_steps} steps); endpointing after {args.silence_ms} ms", file=sys.stderr)
     times: dict[str, list[float]] = {"off": [], "on": []}
     texts, steps, skipped = {}, {}, {}
+    idle: dict[str, list[float]] = {"off": [], "on": []}
     for run in range(args.runs):
         for name, endpointing in (("off", None), ("on", options)):
+            before = cpu_times()
             model_s, session, text = run_once(engine, audio, endpointing)
+            after = cpu_times()
+            idle[name].append((after[1] - before[1]) / (after[0] - before[0]))
             times[name].append(model_s)
             texts[name], steps[name] = text, session.steps_computed  # the same in every run (greedy)
             skipped[name] = getattr(session, "skipped_samples", 0) / RATE
             print(f"run {run + 1} endpointing {name}: {model_s:.1f} s of model time, {steps[name]} decoder steps, "
-                  f"{skipped[name]:.1f} s skipped", file=sys.stderr, flush=True)
+                  f"{skipped[name]:.1f} s skipped, machine {idle[name][-1]:.0%} idle", file=sys.stderr, flush=True)
     words_off, words_on = texts["off"].split(), texts["on"].split()
     similarity = difflib.SequenceMatcher(a=words_off, b=words_on, autojunk=False).ratio()
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
@@ -108,7 +116,12 @@ def main() -> int:
     print(f"| decoder steps run ({audio_steps} steps of audio) | {steps['off']} | {steps['on']} |")
     print(f"| audio skipped | 0 | {skipped['on']:.1f} s ({skipped['on'] / seconds:.0%}) |")
     print(f"| text | {len(words_off)} words | {len(words_on)} words, similarity to off {similarity:.2f} |")
-    print(f"\nmodel time with endpointing: {on / off:.2f}x of without")
+    print(f"| machine idle while it ran | {statistics.median(idle['off']):.0%} [{min(idle['off']):.0%}-"
+          f"{max(idle['off']):.0%}] | {statistics.median(idle['on']):.0%} [{min(idle['on']):.0%}-"
+          f"{max(idle['on']):.0%}] |")
+    ratios = [b / a for a, b in zip(times["off"], times["on"])]  # run by run: the machine drifts between runs
+    print(f"\nmodel time with endpointing, run by run: {' '.join(f'{r:.2f}' for r in ratios)}x of without "
+          f"(median {statistics.median(ratios):.2f}x)")
     return 0
 
 
