@@ -6,14 +6,18 @@ come from its heap and stay there when freed (measured at full size: 5.75 GiB re
 encoder weights). Two measures, both needed: the threshold is fixed at 1 MiB, so every large block is unmapped when
 freed, and `malloc_trim` after each quantized unit returns the heap's free pages. With the trim alone the full-size
 streaming export peaked at 17.5 GiB; with both at 13.6 GiB, for about 9 % more quantization time (every temporary
-gets a fresh zero-filled mapping; benchmarks/export_full.py). Other C libraries are left alone.
+gets a fresh zero-filled mapping; benchmarks/export_full.py). torch.export and the lowering free many small blocks,
+which no threshold maps: `trimming` returns them while those phases run. Other C libraries are left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import platform
+import threading
+from collections.abc import Iterator
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 MMAP_THRESHOLD_BYTES = 1 << 20
@@ -40,3 +44,26 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc:
         libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def trimming(every_s: float = 1.0) -> Iterator[None]:
+    """Returns the heap's free pages every `every_s` seconds while the block runs (torch.export and the lowering
+    free gigabytes of small blocks that the heap would otherwise keep; a no-op elsewhere)."""
+    if _glibc() is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def trim() -> None:
+        while not stop.wait(every_s):
+            release_freed_memory()
+
+    thread = threading.Thread(target=trim, name="malloc-trim", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        release_freed_memory()

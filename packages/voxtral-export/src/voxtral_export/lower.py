@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import operator
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,32 @@ def fast_partitioning() -> Iterator[None]:
         lowered_backend_module.legalize_graph = original
 
 
+def _copy_sharing_tensors(cls, edge_program: ExportedProgram, compile_specs: list) -> ExportedProgram:
+    """The partition's graph and dictionaries copied, its weight tensors shared."""
+    tensors = {id(t): t for values in (edge_program.state_dict, edge_program.constants)
+               for t in values.values() if isinstance(t, torch.Tensor)}
+    return copy.deepcopy(edge_program, tensors)
+
+
+@contextlib.contextmanager
+def xnnpack_preprocess_sharing_weights() -> Iterator[None]:
+    """ExecuTorch deep-copies every delegated partition before any is preprocessed, weights included, so lowering
+    held a second copy of every quantized weight (about 4 GiB at full size) beside the first. XNNPACK's
+    preprocess changes the copied graph, never a weight's data (it reads each one to pack it), so the copies may
+    share the weights: ExecuTorch's CUDA backend copies the same way in its low-memory mode."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    original = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(_copy_sharing_tensors)
+    try:
+        yield
+    finally:
+        if original is None:
+            del XnnpackBackend.copy_exported_program_for_preprocess
+        else:
+            XnnpackBackend.copy_exported_program_for_preprocess = original
+
+
 def partitioners(backend: str) -> list:
     """Per-method partitioners: XNNPACK takes the dynamically quantized linears first, then everything it can."""
     if backend == "xnnpack":
@@ -97,7 +124,8 @@ def lower_to_executorch(programs: dict[str, ExportedProgram], backend: str, cons
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
-    with fast_partitioning():
+    sharing = xnnpack_preprocess_sharing_weights() if backend == "xnnpack" else contextlib.nullcontext()
+    with fast_partitioning(), sharing:
         edge = to_edge_transform_and_lower(
             programs,
             partitioner={name: partitioners(backend) for name in programs},

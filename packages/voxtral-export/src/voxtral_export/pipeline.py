@@ -20,7 +20,7 @@ from voxtral_format.pte import MANIFEST_FILE, MODEL_FILE, PREPROCESSOR_FILE, TOK
 from voxtral_model.config import WEIGHTS_FILE, ConfigError, load_config
 from voxtral_model.model import RuntimeOptions
 
-from .heap import release_freed_memory, return_large_blocks_when_freed
+from .heap import release_freed_memory, return_large_blocks_when_freed, trimming
 from .lower import lower_to_executorch
 from .metadata import model_metadata, preprocessor_metadata
 from .options import ExportError, ExportOptions, validate_against_config, validate_flags
@@ -81,10 +81,10 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
                 progress.say(f"  left unquantized (input width not a multiple of the group size): {len(skipped)} "
                              f"linears, e.g. {skipped[0]}")
         n_audio_tokens = max_audio_tokens(config, options.max_audio_len)
-        with progress.phase("export model methods"):
+        with progress.phase("export model methods"), trimming():
             programs = export_model_methods(model, options.streaming, options.max_seq_len, options.max_audio_len)
         metadata = model_metadata(config, options, delay, model.decoder.window, n_audio_tokens)
-        with progress.phase(f"lower model.pte to {options.backend}"):
+        with progress.phase(f"lower model.pte to {options.backend}"), trimming():
             (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata.constants(),
                                                                    progress=lambda m: progress.say(f"  {m}"),
                                                                    shared_state=metadata.shared_state))
