@@ -27,12 +27,17 @@ from voxtral_model.mel import LogMel, stream_window_samples
 from voxtral_model.model import VoxtralRealtime
 
 
-class AudioEncoderMethod(nn.Module):
-    """mel (1, n_mels, 256k) -> audio embeddings (1, 32k, dim); pad the audio with silence to whole blocks."""
+class ModelMethod(nn.Module):
+    """One method of model.pte: a forward over the whole model whose argument names are the method's input names
+    (torch.export's dynamic shapes name them); outputs are fp32 whatever the model computes in."""
 
     def __init__(self, model: VoxtralRealtime):
         super().__init__()
         self.model = model
+
+
+class AudioEncoderMethod(ModelMethod):
+    """mel (1, n_mels, 256k) -> audio embeddings (1, 32k, dim); pad the audio with silence to whole blocks."""
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return self.model.encode_audio(mel).float()
@@ -57,23 +62,15 @@ class EncodeAudioChunkMethod(nn.Module):
         return self.step(mel_chunk, enc_input_pos).float()
 
 
-class TextDecoderMethod(nn.Module):
+class TextDecoderMethod(ModelMethod):
     """input_embeds (1, S, dim) + cache_position (S,) -> logits (1, 1, vocab) of the last position."""
-
-    def __init__(self, model: VoxtralRealtime):
-        super().__init__()
-        self.model = model
 
     def forward(self, input_embeds: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
         return self.model.decode(input_embeds, cache_position, last_only=True).float()
 
 
-class TokenEmbeddingMethod(nn.Module):
+class TokenEmbeddingMethod(ModelMethod):
     """token_ids (1, S) -> embeddings (1, S, dim)."""
-
-    def __init__(self, model: VoxtralRealtime):
-        super().__init__()
-        self.model = model
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(token_ids).float()

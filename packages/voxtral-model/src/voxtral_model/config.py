@@ -164,20 +164,20 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
 
 
+def _transformer_fields(block: _Fields) -> dict:
+    """The fields the encoder and decoder blocks of params.json both have, under the same names."""
+    ints = {name: block.int(name) for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads")}
+    return {**ints, "rope_theta": block.float("rope_theta"), "norm_eps": block.float("norm_eps")}
+
+
 def parse_params(params: dict, file: str = PARAMS_FILE) -> tuple[EncoderArgs, DecoderArgs]:
     top = _Fields(params, file)
     whisper = top.obj("multimodal").obj("whisper_model_args")
     enc = whisper.obj("encoder_args")
     audio = enc.obj("audio_encoding_args")
     decoder = DecoderArgs(
-        dim=top.int("dim"),
-        n_layers=top.int("n_layers"),
-        head_dim=top.int("head_dim"),
-        hidden_dim=top.int("hidden_dim"),
-        n_heads=top.int("n_heads"),
+        **_transformer_fields(top),
         n_kv_heads=top.int("n_kv_heads"),
-        rope_theta=top.float("rope_theta"),
-        norm_eps=top.float("norm_eps"),
         vocab_size=top.int("vocab_size"),
         sliding_window=top.int("sliding_window", default=8192),
         ada_t_cond_dim=top.int("ada_rms_norm_t_cond_dim"),
@@ -186,13 +186,7 @@ def parse_params(params: dict, file: str = PARAMS_FILE) -> tuple[EncoderArgs, De
         raise ConfigError(f"{file}: field 'n_heads' ({decoder.n_heads}) must be a multiple of 'n_kv_heads' "
                           f"({decoder.n_kv_heads})")
     encoder = EncoderArgs(
-        dim=enc.int("dim"),
-        n_layers=enc.int("n_layers"),
-        head_dim=enc.int("head_dim"),
-        hidden_dim=enc.int("hidden_dim"),
-        n_heads=enc.int("n_heads"),
-        rope_theta=enc.float("rope_theta"),
-        norm_eps=enc.float("norm_eps"),
+        **_transformer_fields(enc),
         sliding_window=enc.int("sliding_window"),
         num_mel_bins=audio.int("num_mel_bins"),
         hop_length=audio.int("hop_length"),

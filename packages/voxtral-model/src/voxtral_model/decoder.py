@@ -12,7 +12,7 @@ from torch import nn
 
 from .attention import KVCache, ring_slots
 from .config import DecoderArgs
-from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inv_freq, time_embedding
+from .layers import PreNormBlock, RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inv_freq, time_embedding
 
 
 class DecoderAttention(nn.Module):
@@ -33,13 +33,10 @@ class DecoderAttention(nn.Module):
         return self.wo(cache.attend(q, k, v, positions, mask))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(PreNormBlock):
     def __init__(self, args: DecoderArgs):
-        super().__init__()
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = DecoderAttention(args)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.feed_forward = SwiGLU(args.dim, args.hidden_dim, down_bias=False)
+        super().__init__(args.dim, args.norm_eps, DecoderAttention(args),
+                         SwiGLU(args.dim, args.hidden_dim, down_bias=False))
         # Checkpoint names: ada_rms_norm_t_cond.0 (down to the bottleneck) and .2 (back up); .1 is the GELU.
         self.ada_rms_norm_t_cond = nn.Sequential(
             nn.Linear(args.dim, args.ada_t_cond_dim, bias=False),

@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import KVCache, ring_slots, windowed_attention
 from .config import EncoderArgs
-from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inv_freq
+from .layers import PreNormBlock, RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inv_freq
 
 CONV_KERNEL = 3
 # Left context of each conv in frames: conv1 (stride 1) pads k-1, conv2 (stride 2) pads k-stride (Mistral's
@@ -63,13 +63,10 @@ class EncoderAttention(nn.Module):
         return self.wo(attend(q, k, v))
 
 
-class EncoderLayer(nn.Module):
+class EncoderLayer(PreNormBlock):
     def __init__(self, args: EncoderArgs):
-        super().__init__()
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = EncoderAttention(args)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.feed_forward = SwiGLU(args.dim, args.hidden_dim, down_bias=True)
+        super().__init__(args.dim, args.norm_eps, EncoderAttention(args),
+                         SwiGLU(args.dim, args.hidden_dim, down_bias=True))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, attend)

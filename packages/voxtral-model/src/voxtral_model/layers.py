@@ -61,6 +61,18 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class PreNormBlock(nn.Module):
+    """The transformer block both stacks share: RMSNorm before attention and before the feed-forward, each added
+    back to the residual. Subclasses give the attention and feed-forward; the names are the checkpoint's."""
+
+    def __init__(self, dim: int, norm_eps: float, attention: nn.Module, feed_forward: nn.Module):
+        super().__init__()
+        self.attention_norm = RMSNorm(dim, norm_eps)
+        self.attention = attention
+        self.ffn_norm = RMSNorm(dim, norm_eps)
+        self.feed_forward = feed_forward
+
+
 def time_embedding(delay_tokens: int, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of the delay (cos first), shape (dim,), fp32 (docs/spec.md §4.6)."""
     half = dim // 2
