@@ -21,8 +21,6 @@ from voxtral_client.client import FLUSH, RealtimeClient, RealtimeError
 from voxtral_client.proto import realtime_pb2 as pb
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 from voxtral_runtime.audio import decode_pcm16le, write_wav
-from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths
 from voxtral_runtime.session import TextPiece
 
 pytestmark = pytest.mark.slow
@@ -30,13 +28,8 @@ MAX_MESSAGE = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def bundle(bundles):
-    return bundles("xnnpack-stream")
-
-
-@pytest.fixture(scope="module")
-def server(bundle):
-    srv = start_in_process(bundle, max_sessions=5, idle_timeout_s=3.0, max_message_bytes=MAX_MESSAGE)
+def server(stream_bundle):
+    srv = start_in_process(stream_bundle, max_sessions=5, idle_timeout_s=3.0, max_message_bytes=MAX_MESSAGE)
     yield srv
     srv.stop(0)
 
@@ -51,11 +44,6 @@ def stub(address):
     channel = grpc.insecure_channel(address)
     yield pb_grpc.RealtimeStub(channel)
     channel.close()
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    return Engine(BundlePaths.resolve(bundle))
 
 
 def local_result(engine, data: bytes):
@@ -95,23 +83,24 @@ def test_describe(address):
     assert d.max_seq_len == 0 and d.decoder_window_tokens > 0  # a streaming program: unbounded sessions
 
 
-def test_file_through_the_server_equals_local_transcription(address, engine, bundle, tmp_path):
+def test_file_through_the_server_equals_local_transcription(address, stream_engine, stream_bundle, tmp_path):
     data = pcm16(4.0, seed=21)
     text, ids, events = stream(address, data)
-    assert (text, ids) == local_result(engine, data) and text
+    assert (text, ids) == local_result(stream_engine, data) and text
     assert events[0].kind == "started" and events[-1].kind == "final" and events[-1].reason == "end_of_audio"
     assert events[-1].audio_processed_s == pytest.approx(4.0)
     # ... and equals the CLI on the same file.
     wav = tmp_path / "a.wav"
     write_wav(wav, decode_pcm16le(data), 16000)
-    out = subprocess.run([sys.executable, "-m", "voxtral_runtime.cli", "transcribe", str(bundle), "--audio_path",
-                          str(wav), "--json", "--token-ids"], capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "-m", "voxtral_runtime.cli", "transcribe", str(stream_bundle), "--audio_path", str(wav),
+               "--json", "--token-ids"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     cli = [json.loads(line) for line in out.splitlines()]
     assert "".join(e["text"] for e in cli if e["type"] == "text") == text
     assert [i for e in cli if e["type"] == "text" for i in e["token_ids"]] == ids
 
 
-def test_concurrent_sessions_are_each_correct(address, engine):
+def test_concurrent_sessions_are_each_correct(address, stream_engine):
     inputs = [pcm16(2.5, seed=30 + i) for i in range(4)]
     results: dict[int, tuple] = {}
 
@@ -124,7 +113,7 @@ def test_concurrent_sessions_are_each_correct(address, engine):
     for t in threads:
         t.join()
     for i, data in enumerate(inputs):
-        assert results[i] == local_result(engine, data), i
+        assert results[i] == local_result(stream_engine, data), i
     assert len({r[0] for r in results.values()}) == 4
 
 
@@ -179,11 +168,11 @@ AUDIO = pb.TranscribeRequest(audio=b"\x00\x01" * 800)
     ([CONFIG, pb.TranscribeRequest(audio=b"\x00" * (MAX_MESSAGE + 10))], grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
     ([], grpc.StatusCode.INVALID_ARGUMENT, "empty stream"),
 ])
-def test_bad_input_gets_its_status_and_the_server_keeps_serving(stub, address, engine, requests, code, message):
+def test_bad_input_gets_its_status_and_the_server_keeps_serving(stub, address, stream_engine, requests, code, message):
     status, details, _ = call(stub, requests)
     assert status == code and message.lower() in details.lower(), details
     data = pcm16(1.0, seed=23)
-    assert stream(address, data)[:2] == local_result(engine, data)
+    assert stream(address, data)[:2] == local_result(stream_engine, data)
 
 
 def active_sessions(address) -> int:
@@ -225,7 +214,7 @@ def test_idle_session_times_out(stub):
     assert status == grpc.StatusCode.DEADLINE_EXCEEDED and "no audio or control for 3 s" in details
 
 
-def test_too_many_sessions(stub, address, engine):
+def test_too_many_sessions(stub, address, stream_engine):
     gates, calls = [], []
     for _ in range(5):
         gate = threading.Event()
@@ -245,11 +234,11 @@ def test_too_many_sessions(stub, address, engine):
     for responses in calls:
         assert list(responses)[-1].final.reason == pb.FINAL_REASON_END_OF_AUDIO
     data = pcm16(1.0, seed=24)
-    assert stream(address, data)[:2] == local_result(engine, data)
+    assert stream(address, data)[:2] == local_result(stream_engine, data)
 
 
-def test_access_token(bundle):
-    server = start_in_process(bundle, max_sessions=1, token="s3cret")
+def test_access_token(stream_bundle):
+    server = start_in_process(stream_bundle, max_sessions=1, token="s3cret")
     address = f"127.0.0.1:{server.port}"
     try:
         for token, ok in ((None, False), ("wrong", False), ("s3cret", True)):
@@ -265,12 +254,12 @@ def test_access_token(bundle):
         server.stop(0)
 
 
-def test_tls(bundle, tmp_path):
+def test_tls(stream_bundle, tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True)
-    server = start_in_process(bundle, max_sessions=1, tls=(key.read_bytes(), cert.read_bytes()))
+    server = start_in_process(stream_bundle, max_sessions=1, tls=(key.read_bytes(), cert.read_bytes()))
     try:
         with RealtimeClient(f"localhost:{server.port}", tls=True, ca_cert=cert) as client:
             assert client.describe().program == pb.PROGRAM_KIND_STREAMING
@@ -282,8 +271,8 @@ def test_tls(bundle, tmp_path):
         server.stop(0)
 
 
-def test_sigterm_transcribes_what_was_received_and_says_the_server_stopped(bundle, tmp_path):
-    proc = ServerProcess(bundle, tmp_path, "--grace", "20")
+def test_sigterm_transcribes_what_was_received_and_says_the_server_stopped(stream_bundle, tmp_path):
+    proc = ServerProcess(stream_bundle, tmp_path, "--grace", "20")
     try:
         data = pcm16(3.0, seed=25)
         sent = threading.Event()

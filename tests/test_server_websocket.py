@@ -21,8 +21,6 @@ from servers import start_in_process
 from signals import pcm16
 from voxtral_client.client import RealtimeClient
 from voxtral_runtime.audio import decode_pcm16le
-from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths
 from voxtral_runtime.session import TextPiece
 
 pytestmark = pytest.mark.slow
@@ -30,13 +28,8 @@ CHUNK_BYTES = 2560  # 80 ms of PCM16 at 16 kHz
 
 
 @pytest.fixture(scope="module")
-def bundle(bundles):
-    return bundles("xnnpack-stream")
-
-
-@pytest.fixture(scope="module")
-def server(bundle):
-    srv = start_in_process(bundle, websocket_port=0, metrics_port=0, max_sessions=2, idle_timeout_s=3.0)
+def server(stream_bundle):
+    srv = start_in_process(stream_bundle, websocket_port=0, metrics_port=0, max_sessions=2, idle_timeout_s=3.0)
     yield srv
     srv.stop(0)
 
@@ -44,11 +37,6 @@ def server(bundle):
 @pytest.fixture(scope="module")
 def url(server):
     return f"ws://127.0.0.1:{server.websocket_port}/v1/realtime"
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    return Engine(BundlePaths.resolve(bundle))
 
 
 def local_text(engine, data: bytes) -> str:
@@ -95,27 +83,27 @@ def sample(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_event_sequence_and_the_same_text_as_grpc_and_local(url, server, engine):
+def test_event_sequence_and_the_same_text_as_grpc_and_local(url, server, stream_engine):
     data = pcm16(2.0, seed=31)
     events = transcribe(url, data)
     assert {e["type"] for e in events} <= {"transcription.delta", "transcription.done"}
     deltas = [e["delta"] for e in events if e["type"] == "transcription.delta"]
     done = events[-1]
-    expected = local_text(engine, data)
+    expected = local_text(stream_engine, data)
     assert expected and "".join(deltas) == done["text"] == expected
-    assert done["usage"]["prompt_tokens"] == len(engine.spec.prompt_ids)
+    assert done["usage"]["prompt_tokens"] == len(stream_engine.spec.prompt_ids)
     assert done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"] > 39
     with RealtimeClient(f"127.0.0.1:{server.port}") as client:
         grpc_text = "".join(e.text for e in client.transcribe([data], 16000) if e.kind == "delta")
     assert grpc_text == expected
 
 
-def test_audio_appended_before_the_commit_is_transcribed(url, engine):
+def test_audio_appended_before_the_commit_is_transcribed(url, stream_engine):
     data = pcm16(1.5, seed=32)
-    assert transcribe(url, data, commit_first=False)[-1]["text"] == local_text(engine, data)
+    assert transcribe(url, data, commit_first=False)[-1]["text"] == local_text(stream_engine, data)
 
 
-def test_bad_events_get_errors_and_harm_nothing(url, engine):
+def test_bad_events_get_errors_and_harm_nothing(url, stream_engine):
     data = pcm16(1.5, seed=33)
     bad = [("{not json", "invalid_json"), ('["a list"]', "invalid_json"), ('{"type": "response.create"}', "unknown_event"),
            ('{"type": "input_audio_buffer.append", "audio": "***"}', "invalid_audio"),
@@ -137,10 +125,10 @@ def test_bad_events_get_errors_and_harm_nothing(url, engine):
         ws.send(json.dumps({"type": "input_audio_buffer.commit", "final": True}))
         receive_until(ws, "transcription.done")
     # The same audio, cleanly, on a new connection: the bad events changed nothing in the text.
-    assert transcribe(url, data)[-1]["text"] == local_text(engine, data)
+    assert transcribe(url, data)[-1]["text"] == local_text(stream_engine, data)
 
 
-def test_a_full_server_says_busy_and_keeps_the_audio(url, engine):
+def test_a_full_server_says_busy_and_keeps_the_audio(url, stream_engine):
     data = pcm16(1.0, seed=34)
     holders = [connect(url) for _ in range(2)]  # max_sessions=2: both slots taken
     try:
@@ -156,7 +144,7 @@ def test_a_full_server_says_busy_and_keeps_the_audio(url, engine):
             holders[0].send(json.dumps({"type": "input_audio_buffer.commit", "final": True}))
             receive_until(holders[0], "transcription.done")
             ws.send(json.dumps({"type": "input_audio_buffer.commit", "final": True}))
-            assert receive_until(ws, "transcription.done")[-1]["text"] == local_text(engine, data)
+            assert receive_until(ws, "transcription.done")[-1]["text"] == local_text(stream_engine, data)
     finally:
         for ws in holders:
             ws.close()
@@ -172,8 +160,8 @@ def test_idle_connection_is_closed_with_an_error(url):
             ws.recv(timeout=10)
 
 
-def test_wrong_path_and_access_token(bundle):
-    server = start_in_process(bundle, websocket_port=0, max_sessions=1, token="s3cret")
+def test_wrong_path_and_access_token(stream_bundle):
+    server = start_in_process(stream_bundle, websocket_port=0, max_sessions=1, token="s3cret")
     base = f"ws://127.0.0.1:{server.websocket_port}"
     try:
         for path, headers, status in (("/v1/realtime", {}, 401), ("/v1/realtime", {"Authorization": "Bearer no"}, 401),
@@ -187,12 +175,13 @@ def test_wrong_path_and_access_token(bundle):
         server.stop(0)
 
 
-def test_tls_and_shutdown_finish_the_transcription_first(bundle, tmp_path, engine):
+def test_tls_and_shutdown_finish_the_transcription_first(stream_bundle, tmp_path, stream_engine):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True)
-    server = start_in_process(bundle, websocket_port=0, max_sessions=1, tls=(key.read_bytes(), cert.read_bytes()))
+    tls = (key.read_bytes(), cert.read_bytes())
+    server = start_in_process(stream_bundle, websocket_port=0, max_sessions=1, tls=tls)
     context = ssl.create_default_context(cafile=str(cert))
     data = pcm16(1.0, seed=35)
     try:
@@ -206,7 +195,7 @@ def test_tls_and_shutdown_finish_the_transcription_first(bundle, tmp_path, engin
             events = receive_until(ws, "error")
             stopper.join(30)
             assert events[-2]["type"] == "transcription.done" and events[-1]["code"] == "server_shutdown"
-            assert events[-2]["text"] == local_text(engine, data)  # all the audio sent before the stop
+            assert events[-2]["text"] == local_text(stream_engine, data)  # all the audio sent before the stop
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=10)
             assert closed.value.rcvd.code == 1001
@@ -214,7 +203,7 @@ def test_tls_and_shutdown_finish_the_transcription_first(bundle, tmp_path, engin
         server.stop(0)
 
 
-def test_metrics_are_scraped_and_move_with_sessions(url, server, engine):
+def test_metrics_are_scraped_and_move_with_sessions(url, server, stream_engine):
     before = scrape(server)
     data = pcm16(1.0, seed=36)
     transcribe(url, data)
