@@ -13,7 +13,8 @@ is read once per step, and the attention scans every ring-cache slot. Each run m
   audio is encoded 16 steps per call;
 - a session's time to its first token and its catch-up throughput on audio fed at once, with one encoder step per
   call and with 16;
-- how busy the machine was: the idle and steal shares of all cores over the run.
+- how busy the machine was: the idle and steal shares of all cores over the run, and how many cores the encoder step,
+  the decoder step and the session step kept busy (CPU seconds per second).
 Each part's floor is its bytes / read bandwidth; the table shows the median over the runs and the spread (min-max).
 Eager PyTorch on the same quantized weights is timed once, in a child process (--no-eager skips it).
 --compare BUNDLE2 measures a second export of the same checkpoint in the same run, alternating the two run by run (the
@@ -148,6 +149,18 @@ STEADY_ENCODER_STEP = 1000
 STEADY_DECODER_POSITION = 10_000
 
 
+class CoresBusy:
+    """CPU seconds of all this process's threads per second of wall time inside the block: 2.0 on two cores means
+    both were busy throughout. XNNPACK's worker threads spin a little before they sleep, so waiting counts too."""
+
+    def __enter__(self):
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.cores = (time.process_time() - self.cpu) / (time.perf_counter() - self.wall)
+
+
 def profile_parts(model: Path, steps: int) -> dict[str, float]:
     """Seconds per step of each part in the steady state (full rings), from ETDump of an encoder load and a decoder
     load of model.pte."""
@@ -165,12 +178,22 @@ def profile_parts(model: Path, steps: int) -> dict[str, float]:
     encoder, decoder = load(), load()
     dim, n_mels = encoder.run_method("dim", ())[0], encoder.run_method("num_mel_bins", ())[0]
     mel = torch.randn(1, n_mels, 8)
-    for s in range(STEADY_ENCODER_STEP, STEADY_ENCODER_STEP + calls):
+
+    def encode(s: int) -> None:
         encoder.run_method("encode_audio_chunk", (mel, torch.arange(4 * s, 4 * s + 4)))
+
+    def decode(p: int) -> None:
+        decoder.run_method("text_decoder", (embeds, torch.tensor([p])))
+
     embeds = torch.randn(1, 1, dim) * 0.1
     decoder.run_method("text_decoder", (torch.randn(1, 39, dim) * 0.1, torch.arange(39)))
-    for p in range(STEADY_DECODER_POSITION, STEADY_DECODER_POSITION + calls):
-        decoder.run_method("text_decoder", (embeds, torch.tensor([p])))
+    busy = {}
+    for name, run, first in (("encoder", encode, STEADY_ENCODER_STEP), ("decoder", decode, STEADY_DECODER_POSITION)):
+        for i in range(WARMUP_CALLS):  # the first call after a load also sets up every operator, on one core
+            run(first + i)
+        with CoresBusy() as busy[name]:
+            for i in range(WARMUP_CALLS, calls):
+                run(first + i)
     with tempfile.TemporaryDirectory() as tmp:
         encoder.write_etdump_result_to_file(f"{tmp}/encoder.etdp")
         decoder.write_etdump_result_to_file(f"{tmp}/decoder.etdp")
@@ -186,6 +209,8 @@ def profile_parts(model: Path, steps: int) -> dict[str, float]:
         "output head": head,
         "decoder attention": _sum(dec, attention),
         "decoder step": _sum(dec, r"^Method::execute$"),
+        "encoder cores busy": busy["encoder"].cores,
+        "decoder cores busy": busy["decoder"].cores,
     }
 
 
@@ -239,9 +264,10 @@ def bandwidth_in_child() -> dict[str, float]:
 
 # -- the runtime's own session --------------------------------------------------------------------------------------
 
-def session_step(engine, steps: int) -> tuple[float, float]:
-    """(wall time per step of a session fed 80 ms at a time, of which inside method calls), medians after the prompt.
-    The method time is taken inside the same steps, so the difference is the session's own work."""
+def session_step(engine, steps: int) -> tuple[float, float, float]:
+    """(wall time per step of a session fed 80 ms at a time, of which inside method calls), medians after the prompt,
+    and the cores busy over those steps. The method time is taken inside the same steps, so the difference is the
+    session's own work."""
     meta = engine.spec.meta
     instance = engine.instance()
     session = engine.session(instance)
@@ -259,14 +285,15 @@ def session_step(engine, steps: int) -> tuple[float, float]:
     for _ in range(10):  # the leading silence and the prompt prefill (at step 38, 0.56 s into the audio)
         session.feed(chunk)
     times, in_methods = [], []
-    for _ in range(steps):
-        inside[0] = 0.0
-        t = time.perf_counter()
-        session.feed(chunk)
-        times.append(time.perf_counter() - t)
-        in_methods.append(inside[0])
+    with CoresBusy() as busy:
+        for _ in range(steps):
+            inside[0] = 0.0
+            t = time.perf_counter()
+            session.feed(chunk)
+            times.append(time.perf_counter() - t)
+            in_methods.append(inside[0])
     engine.release(instance)
-    return statistics.median(times), statistics.median(in_methods)
+    return statistics.median(times), statistics.median(in_methods), busy.cores
 
 
 def batched_encoder_step(engine, steps: int) -> float:
@@ -327,7 +354,7 @@ def one_run(args, engine) -> dict[str, float]:
     before = cpu_times() if Path("/proc/stat").exists() else None
     row = {f"{k} bandwidth": v for k, v in bandwidth_in_child().items()}
     row.update(in_child(args, "profile", 1))
-    row["session step"], row["in method calls"] = session_step(engine, args.steps)
+    row["session step"], row["in method calls"], row["session cores busy"] = session_step(engine, args.steps)
     row["encoder step, 16 per call"] = batched_encoder_step(engine, args.steps)
     for k in (1, engine.spec.meta.max_encoder_steps):
         _, row[f"first token, {k} per call"], row[f"catch-up, {k} per call"] = start_and_catch_up(
@@ -385,6 +412,9 @@ def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> N
     print(f"  parts and steady-state step: full rings (past {STEADY_ENCODER_STEP} encoder steps and decoder position "
           f"{STEADY_DECODER_POSITION}); session step: a session's first {args.steps} steps after the prompt, rings "
           f"still filling")
+    print(f"cores busy (CPU s per wall s, {os.cpu_count()} cores): encoder step "
+          f"{spread(col['encoder cores busy'], 1, '.2f')}, decoder step {spread(col['decoder cores busy'], 1, '.2f')}, "
+          f"session step {spread(col['session cores busy'], 1, '.2f')} (the session's Python runs on one)")
     whole = statistics.median(col["steady-state step"])
     overhead = [s - m for s, m in zip(col["session step"], col["in method calls"])]
     print(f"\nPython overhead per step      {spread(overhead, 1e3, '.1f')} ms ({statistics.median(overhead) / whole:.1%})")
