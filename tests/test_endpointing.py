@@ -171,6 +171,13 @@ def test_transcribe_cli_endpointing(stream_bundle, conversation, tmp_path):
     assert bad.returncode == 2 and "endpointing silence must be 100-10000 ms, got 50" in bad.stderr
 
 
+def test_transcribe_cli_refuses_a_bad_endpointing_value_before_loading_anything(tmp_path):
+    missing = tmp_path / "no-bundle"
+    bad = subprocess.run([sys.executable, "-m", "voxtral_runtime.cli", "transcribe", str(missing), "--audio_path",
+                          str(tmp_path / "a.wav"), "--endpointing", "50"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "endpointing silence must be 100-10000 ms, got 50" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def server(stream_bundle):
     srv = start_in_process(stream_bundle, websocket_port=0, max_sessions=2)

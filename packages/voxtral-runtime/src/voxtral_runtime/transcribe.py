@@ -160,12 +160,13 @@ def run(args) -> int:
               "file with --output", file=sys.stderr)
         return 2
     try:
+        # Options are checked before the model loads, so a wrong value is refused at once.
+        endpointing = None if args.endpointing is None else EndpointingOptions(silence_ms=args.endpointing)
         paths = BundlePaths.resolve(args.bundle, args.model_path, args.preprocessor_path, args.tokenizer_path)
         engine = Engine(paths)
         printer = Printer(args.json, live=not document_on_stdout)
         options = dict(temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                       token_ids=args.token_ids, endpointing=None if args.endpointing is None
-                       else EndpointingOptions(silence_ms=args.endpointing))
+                       token_ids=args.token_ids, endpointing=endpointing)
         if args.mic:
             transcribe_stdin(engine, printer, args.chunk_ms, **options)
         else:
