@@ -36,23 +36,11 @@ import voxtral_runtime  # noqa: F401  first: one OpenMP thread, as the runtime r
 import numpy as np  # noqa: E402
 
 from endpointing import synthesized  # noqa: E402  espeak-ng phrases with pauses
-from step_time import cpu_times  # noqa: E402  the machine's idle and steal shares, from /proc/stat
+from step_time import MachineLoad  # noqa: E402  the machine's idle share while a block runs
 
 RATE = 16000
 CHUNK_S = 0.1  # the client's default chunk
 SERVER_START_TIMEOUT_S = 600
-
-
-class Idle:
-    """The machine's idle share of all cores inside the block."""
-
-    def __enter__(self):
-        self.before = cpu_times()
-        return self
-
-    def __exit__(self, *exc):
-        after = cpu_times()
-        self.share = (after[1] - self.before[1]) / (after[0] - self.before[0])
 
 
 def long_audio(path: Path | None, seconds: float) -> np.ndarray:
@@ -153,17 +141,17 @@ def main() -> int:
             print(f"run {run + 1}/{args.runs} ...", file=sys.stderr, flush=True)
             server, address = start_server(args.bundle, Path(tmp))
             try:
-                with Idle() as idle:
+                with MachineLoad() as load:
                     took, first, texts["server"] = through_server(address, audio)
             finally:
                 server.terminate()
                 server.wait()
-            results["server"].append((took, idle.share))
+            results["server"].append((took, load.idle))
             first_text.append(first)
             for name, bundle in ways.items():
-                with Idle() as idle:
+                with MachineLoad() as load:
                     took, texts[name] = in_child(bundle, wav)
-                results[name].append((took, idle.share))
+                results[name].append((took, load.idle))
     print(f"\n{seconds:.1f} s of audio, {args.runs} runs of each way, alternating; {os.cpu_count()} cores")
     print(f"{'way':10s} {'seconds':>22s} {'audio s per second':>24s} {'machine idle':>16s}")
     for name, rows in results.items():

@@ -28,7 +28,7 @@ import voxtral_runtime  # noqa: F401  first: one OpenMP thread, as the runtime r
 
 import numpy as np  # noqa: E402
 
-from step_time import cpu_times  # noqa: E402  the machine's idle and steal shares, from /proc/stat
+from step_time import MachineLoad  # noqa: E402  the machine's idle share while a block runs
 
 RATE = 16000
 PHRASES = ["good morning everyone and welcome to the weekly meeting", "first the numbers from last month",
@@ -94,10 +94,9 @@ def main() -> int:
     idle: dict[str, list[float]] = {"off": [], "on": []}
     for run in range(args.runs):
         for name, endpointing in (("off", None), ("on", options)):
-            before = cpu_times()
-            model_s, session, text = run_once(engine, audio, endpointing)
-            after = cpu_times()
-            idle[name].append((after[1] - before[1]) / (after[0] - before[0]))
+            with MachineLoad() as load:
+                model_s, session, text = run_once(engine, audio, endpointing)
+            idle[name].append(load.idle)
             times[name].append(model_s)
             texts[name], steps[name] = text, session.steps_computed  # the same in every run (greedy)
             skipped[name] = getattr(session, "skipped_samples", 0) / RATE

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,29 +22,7 @@ import voxtral_runtime  # noqa: F401  first: one OpenMP thread, as the runtime r
 
 import torch  # noqa: E402
 
-from step_time import STEADY_DECODER_POSITION, STEADY_ENCODER_STEP, WARMUP_CALLS, CoresBusy, _event_means  # noqa: E402
-
-
-def load(model: Path):
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-    from executorch.extension.pybindings import portable_lib
-    from executorch.kernels import quantized  # noqa: F401
-    from voxtral_runtime import kernels
-
-    kernels.load()
-    return portable_lib._load_for_executorch(str(model), enable_etdump=True, debug_buffer_size=0)
-
-
-def profile(program, method: str, inputs_at, first: int, steps: int) -> tuple[list[tuple[str, float]], float]:
-    """(events of `steps` calls at positions from `first`, cores busy over them)."""
-    for i in range(WARMUP_CALLS):
-        program.run_method(method, inputs_at(first + i))
-    with CoresBusy() as busy:
-        for i in range(WARMUP_CALLS, WARMUP_CALLS + steps):
-            program.run_method(method, inputs_at(first + i))
-    with tempfile.TemporaryDirectory() as tmp:
-        program.write_etdump_result_to_file(f"{tmp}/method.etdp")
-        return _event_means(Path(f"{tmp}/method.etdp"), steps), busy.cores
+from step_time import STEADY_DECODER_POSITION, STEADY_ENCODER_STEP, load_profiled, profile_method  # noqa: E402
 
 
 def report(part: str, events: list[tuple[str, float]], cores: float, top: int) -> None:
@@ -68,19 +45,19 @@ def main() -> int:
     args = p.parse_args()
     model = args.bundle / "model.pte"
 
-    encoder = load(model)
+    encoder = load_profiled(model)
     mel = torch.randn(1, encoder.run_method("num_mel_bins", ())[0], 8)
-    events, cores = profile(encoder, "encode_audio_chunk", lambda s: (mel, torch.arange(4 * s, 4 * s + 4)),
-                            STEADY_ENCODER_STEP, args.steps)
+    events, cores = profile_method(encoder, "encode_audio_chunk", lambda s: (mel, torch.arange(4 * s, 4 * s + 4)),
+                                   STEADY_ENCODER_STEP, args.steps)
     report(f"encoder step (encode_audio_chunk, one 80 ms step at step {STEADY_ENCODER_STEP})", events, cores, args.top)
     del encoder
 
-    decoder = load(model)
+    decoder = load_profiled(model)
     dim = decoder.run_method("dim", ())[0]
     embeds = torch.randn(1, 1, dim) * 0.1
     decoder.run_method("text_decoder", (torch.randn(1, 39, dim) * 0.1, torch.arange(39)))
-    events, cores = profile(decoder, "text_decoder", lambda p: (embeds, torch.tensor([p])), STEADY_DECODER_POSITION,
-                            args.steps)
+    events, cores = profile_method(decoder, "text_decoder", lambda p: (embeds, torch.tensor([p])),
+                                   STEADY_DECODER_POSITION, args.steps)
     report(f"decoder step (text_decoder, one position at {STEADY_DECODER_POSITION})", events, cores, args.top)
     return 0
 

@@ -161,44 +161,42 @@ class CoresBusy:
         self.cores = (time.process_time() - self.cpu) / (time.perf_counter() - self.wall)
 
 
-def profile_parts(model: Path, steps: int) -> dict[str, float]:
-    """Seconds per step of each part in the steady state (full rings), from ETDump of an encoder load and a decoder
-    load of model.pte."""
+def load_profiled(model: Path):
+    """model.pte loaded with ExecuTorch's profiler on (ETDump), and the kernels its operators need."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     from executorch.extension.pybindings import portable_lib
     from executorch.kernels import quantized  # noqa: F401
     from voxtral_runtime import kernels
 
     kernels.load()
+    return portable_lib._load_for_executorch(str(model), enable_etdump=True, debug_buffer_size=0)
 
-    def load():
-        return portable_lib._load_for_executorch(str(model), enable_etdump=True, debug_buffer_size=0)
 
-    calls = steps + WARMUP_CALLS
-    encoder, decoder = load(), load()
+def profile_method(program, method: str, inputs_at, first: int, steps: int) -> tuple[list[tuple[str, float]], float]:
+    """(ETDump events of `steps` calls of `method` with `inputs_at(position)` from `first` on, after WARMUP_CALLS
+    calls; the cores busy over the timed calls)."""
+    for i in range(WARMUP_CALLS):  # the first call after a load also sets up every operator, on one core
+        program.run_method(method, inputs_at(first + i))
+    with CoresBusy() as busy:
+        for i in range(WARMUP_CALLS, WARMUP_CALLS + steps):
+            program.run_method(method, inputs_at(first + i))
+    with tempfile.TemporaryDirectory() as tmp:
+        program.write_etdump_result_to_file(f"{tmp}/method.etdp")
+        return _event_means(Path(f"{tmp}/method.etdp"), steps), busy.cores
+
+
+def profile_parts(model: Path, steps: int) -> dict[str, float]:
+    """Seconds per step of each part in the steady state (full rings), from ETDump of an encoder load and a decoder
+    load of model.pte."""
+    encoder, decoder = load_profiled(model), load_profiled(model)
     dim, n_mels = encoder.run_method("dim", ())[0], encoder.run_method("num_mel_bins", ())[0]
     mel = torch.randn(1, n_mels, 8)
-
-    def encode(s: int) -> None:
-        encoder.run_method("encode_audio_chunk", (mel, torch.arange(4 * s, 4 * s + 4)))
-
-    def decode(p: int) -> None:
-        decoder.run_method("text_decoder", (embeds, torch.tensor([p])))
-
+    enc, encoder_cores = profile_method(encoder, "encode_audio_chunk", lambda s: (mel, torch.arange(4 * s, 4 * s + 4)),
+                                        STEADY_ENCODER_STEP, steps)
     embeds = torch.randn(1, 1, dim) * 0.1
     decoder.run_method("text_decoder", (torch.randn(1, 39, dim) * 0.1, torch.arange(39)))
-    busy = {}
-    for name, run, first in (("encoder", encode, STEADY_ENCODER_STEP), ("decoder", decode, STEADY_DECODER_POSITION)):
-        for i in range(WARMUP_CALLS):  # the first call after a load also sets up every operator, on one core
-            run(first + i)
-        with CoresBusy() as busy[name]:
-            for i in range(WARMUP_CALLS, calls):
-                run(first + i)
-    with tempfile.TemporaryDirectory() as tmp:
-        encoder.write_etdump_result_to_file(f"{tmp}/encoder.etdp")
-        decoder.write_etdump_result_to_file(f"{tmp}/decoder.etdp")
-        enc = _event_means(Path(f"{tmp}/encoder.etdp"), steps)
-        dec = _event_means(Path(f"{tmp}/decoder.etdp"), steps)
+    dec, decoder_cores = profile_method(decoder, "text_decoder", lambda p: (embeds, torch.tensor([p])),
+                                        STEADY_DECODER_POSITION, steps)
     linears, attention = r"^Fully Connected", r"^(llama::(custom_sdpa|update_cache)|voxtral::ring_attention)"
     head = [ms for name, ms in dec if re.search(linears, name)][-1] / 1e3  # the last linear of the decoder
     return {
@@ -209,8 +207,8 @@ def profile_parts(model: Path, steps: int) -> dict[str, float]:
         "output head": head,
         "decoder attention": _sum(dec, attention),
         "decoder step": _sum(dec, r"^Method::execute$"),
-        "encoder cores busy": busy["encoder"].cores,
-        "decoder cores busy": busy["decoder"].cores,
+        "encoder cores busy": encoder_cores,
+        "decoder cores busy": decoder_cores,
     }
 
 
@@ -350,8 +348,31 @@ def cpu_times() -> tuple[float, float, float]:
     return sum(fields), fields[3] + fields[4], fields[7] if len(fields) > 7 else 0.0
 
 
+class MachineLoad:
+    """The idle and steal shares of all cores inside the block (None where there is no /proc/stat): other work on the
+    machine shows as less idle time."""
+
+    def __enter__(self):
+        self.before = cpu_times() if Path("/proc/stat").exists() else None
+        self.idle = self.steal = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.before is not None:
+            after = cpu_times()
+            total = after[0] - self.before[0]
+            self.idle, self.steal = (after[1] - self.before[1]) / total, (after[2] - self.before[2]) / total
+
+
 def one_run(args, engine) -> dict[str, float]:
-    before = cpu_times() if Path("/proc/stat").exists() else None
+    with MachineLoad() as load:
+        row = measure_once(args, engine)
+    if load.idle is not None:
+        row["idle share"], row["steal share"] = load.idle, load.steal
+    return row
+
+
+def measure_once(args, engine) -> dict[str, float]:
     row = {f"{k} bandwidth": v for k, v in bandwidth_in_child().items()}
     row.update(in_child(args, "profile", 1))
     row["session step"], row["in method calls"], row["session cores busy"] = session_step(engine, args.steps)
@@ -361,10 +382,6 @@ def one_run(args, engine) -> dict[str, float]:
             engine, k, args.catch_up_s)
     row["prepare"], row["first token after prepare"], _ = start_and_catch_up(
         engine, engine.spec.meta.max_encoder_steps, args.catch_up_s, prepare=True)
-    if before is not None:
-        after = cpu_times()
-        total = after[0] - before[0]
-        row["idle share"], row["steal share"] = (after[1] - before[1]) / total, (after[2] - before[2]) / total
     return row
 
 

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.slow
 RATE = 16000
 
 
-
 @pytest.fixture(scope="module")
 def one_slot(stream_bundle):
     """A server with a single program instance, so every session reuses the previous session's instance."""
