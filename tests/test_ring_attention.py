@@ -1,11 +1,11 @@
 """voxtral::ring_attention: the runtime's C++ kernel against the operator's reference math, through ExecuTorch.
 
 Each case exports a one-operator program and runs it with the kernel voxtral_runtime.kernels compiled, against
-`ring_attention.reference` in float64. The cases cover both work splits (few rows: slot ranges merged; many rows:
-KV-head tiles), GQA groups of 1-4 query heads, head sizes that leave a lone 8-lane chunk, slot counts off the
-32-slot block, an unfilled ring (blocks skipped) and a window that hides the middle of the ring, with float32 and
-bfloat16 caches. The kernel's vectors are 16 floats wide with AVX-512 (else 8): head sizes of 16k + 8 take its 8-float
-tail.
+`ring_attention.reference` in float64. The cases cover both row splits (few rows: one tile; many rows: KV-head
+tiles; both over the same merged slot ranges), GQA groups of 1-4 query heads, head sizes that leave a lone 8-lane
+chunk, slot counts off the 32-slot block, an unfilled ring (blocks skipped) and a window that hides the middle of
+the ring, with float32 and bfloat16 caches. The kernel's vectors are 16 floats wide with AVX-512 (else 8): head
+sizes of 16k + 8 take its 8-float tail.
 """
 
 from __future__ import annotations
@@ -67,6 +67,30 @@ def test_kernel_matches_the_reference(tmp_path, case, cache_dtype):
     expect = reference(q.double(), k.double(), v.double(), mask.double())
     assert out.shape == q.shape
     assert (out.double() - expect).abs().max() < 2e-5
+
+
+# (query heads H, KV heads Hkv, head_dim D, slots N, window, first position): the full-size encoder's shapes (32 heads
+# of 64, an 814-slot ring with a 750-frame window) and the decoder's (GQA 4, a 2048-slot ring), bf16 caches.
+CALLS = {"encoder": (32, 32, 64, 814, 750, 1000), "decoder": (32, 8, 128, 2048, 2048, 5000)}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_a_row_gets_the_same_bits_however_many_rows_share_its_call(tmp_path, call):
+    """The slot ranges the kernel merges do not depend on the row count: the first positions of a 16-step encoder
+    call (2048 rows: KV-head tiles) or a 12-row prefill (384 rows) are bit for bit those of a call of their own
+    (128 rows: one tile), so encoding k steps per call gives the tokens of one step per call at any size."""
+    heads, kv_heads, head_dim, slots, window, start = CALLS[call]
+    many = 64 if call == "encoder" else 12
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, many, heads, head_dim, generator=g)
+    k = torch.randn(1, slots, kv_heads, head_dim, generator=g).bfloat16()
+    v = torch.randn(1, slots, kv_heads, head_dim, generator=g).bfloat16()
+    mask = attention_mask(torch.arange(start, start + many), slots, window, True, torch.float32, float("-inf"))
+    few = 4
+    assert few * heads <= 256 < many * heads  # one call in each of the kernel's row splits
+    alone = run_program(tmp_path, q[:, :few].contiguous(), k, v, mask[:few].contiguous())
+    shared = run_program(tmp_path, q, k, v, mask)
+    assert torch.equal(shared[:, :few], alone)
 
 
 def test_eager_operator_is_the_reference():

@@ -16,10 +16,10 @@
 // Vectors are as wide as the CPU's (16 floats with AVX-512, else 8; an 8-float tail covers D = 16k + 8), written
 // with GCC/Clang vector extensions so the compiler picks the instructions for the machine it builds on.
 //
-// Work split: a live step has few rows, so each work item takes a contiguous range of slots for every row and the
-// items' partial softmaxes are merged (a thread then streams through memory in order; reading one KV head's slots,
-// a KV stride apart, touches a new page per slot). Many rows (a prefill, queued steps) make the work arithmetic:
-// then an item is one KV head and a tile of its rows over all slots.
+// Work split: each work item takes a contiguous range of slots and the items' partial softmaxes are merged (a thread
+// then streams through memory in order; reading one KV head's slots, a KV stride apart, touches a new page per
+// slot). A live step has few rows, and an item takes all of them; many rows (a prefill, queued steps) make the work
+// arithmetic: then an item takes one KV head's tile of rows. The slot ranges never depend on the row count.
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -506,44 +506,40 @@ void run(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Te
   // The work items run on pool threads, which must see this thread's buffers (not their own thread_locals).
   const Row* row_order = order.data();
 
+  // Slot ranges: every item covers one, and their partial softmaxes are merged. The ranges depend on the caches
+  // and the thread count only, never on the row count, so each row's arithmetic is the same however many rows share
+  // the call: k encoder steps in one call give the bits of k calls of one step (docs/runtime.md).
   const int64_t blocks = (s.slots + kBlockSlots - 1) / kBlockSlots;
-  if (rows <= kMaxItemRows) {
-    // Few rows: every item takes all rows over its own range of slots.
-    const int64_t threads = executorch::extension::get_thread_count();
-    const int n_items = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 2 * threads)));
-    const int64_t per_item = ((blocks + n_items - 1) / n_items) * kBlockSlots;
-    scratch.resize(static_cast<size_t>(n_items * rows * (D + 2)));
-    float* acc = scratch.data();
-    float* row_max = acc + n_items * rows * D;
-    float* row_sum = row_max + n_items * rows;
-    executorch::extension::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t slot0 = std::min(s.slots, c * per_item), slot1 = std::min(s.slots, (c + 1) * per_item);
-        if (slot0 == slot1) {
-          std::fill(row_max + c * rows, row_max + (c + 1) * rows, kMinusInf);
-          continue;
-        }
-        attend(s, row_order, static_cast<int>(rows), kd, vd, slot0, slot1, acc + c * rows * D,
-               row_max + c * rows, row_sum + c * rows);
-      }
-    });
-    merge(D, n_items, rows, acc, row_max, row_sum, out_row.data());
-    return;
-  }
-  // Many rows: one item per KV head and tile of its rows, over all slots.
-  const int64_t tiles = (rows_per_kv + kTileRows - 1) / kTileRows;
-  scratch.resize(static_cast<size_t>(rows * (D + 2)));
+  const int64_t threads = executorch::extension::get_thread_count();
+  const int n_ranges = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 2 * threads)));
+  const int64_t per_range = ((blocks + n_ranges - 1) / n_ranges) * kBlockSlots;
+  // Row tiles: few rows (a live step) are one tile, so an item streams its slots once for all of them; many rows (a
+  // prefill, queued steps) make the work arithmetic, and go by KV head and tiles of kTileRows.
+  const bool one_tile = rows <= kMaxItemRows;
+  const int64_t tiles_per_kv = one_tile ? 1 : (rows_per_kv + kTileRows - 1) / kTileRows;
+  const int64_t n_tiles = one_tile ? 1 : s.kv_heads * tiles_per_kv;
+  scratch.resize(static_cast<size_t>(n_ranges * rows * (D + 2)));
   float* acc = scratch.data();
-  float* row_max = acc + rows * D;
-  float* row_sum = row_max + rows;
-  executorch::extension::parallel_for(0, s.kv_heads * tiles, 1, [&](int64_t begin, int64_t end) {
+  float* row_max = acc + n_ranges * rows * D;
+  float* row_sum = row_max + n_ranges * rows;
+  executorch::extension::parallel_for(0, n_tiles * n_ranges, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t o = (item / tiles) * rows_per_kv + (item % tiles) * kTileRows;
-      const int64_t n = std::min<int64_t>(kTileRows, (item / tiles + 1) * rows_per_kv - o);
-      attend(s, row_order + o, static_cast<int>(n), kd, vd, 0, s.slots, acc + o * D, row_max + o, row_sum + o);
+      const int64_t tile = item / n_ranges, c = item % n_ranges;
+      int64_t o = 0, n = rows;
+      if (!one_tile) {
+        o = (tile / tiles_per_kv) * rows_per_kv + (tile % tiles_per_kv) * kTileRows;
+        n = std::min<int64_t>(kTileRows, (tile / tiles_per_kv + 1) * rows_per_kv - o);
+      }
+      const int64_t at = c * rows + o;  // this item's rows in range c's partial results
+      const int64_t slot0 = std::min(s.slots, c * per_range), slot1 = std::min(s.slots, (c + 1) * per_range);
+      if (slot0 == slot1) {
+        std::fill(row_max + at, row_max + at + n, kMinusInf);
+        continue;
+      }
+      attend(s, row_order + o, static_cast<int>(n), kd, vd, slot0, slot1, acc + at * D, row_max + at, row_sum + at);
     }
   });
-  merge(D, 1, rows, acc, row_max, row_sum, out_row.data());
+  merge(D, n_ranges, rows, acc, row_max, row_sum, out_row.data());
 }
 
 }  // namespace
