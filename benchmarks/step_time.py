@@ -12,7 +12,8 @@ is read once per step, and the attention scans every ring-cache slot. Each run m
 - the session's whole step as the runtime runs it (Python included), and the encoder's cost per step when queued
   audio is encoded 16 steps per call;
 - a session's time to its first token and its catch-up throughput on audio fed at once, with one encoder step per
-  call and with 16;
+  call and with 16; a live start (the leading silence before the audio, then the first token after it) computing the
+  silence and copying the engine's shared start state (start_state.py) side by side;
 - how busy the machine was: the idle and steal shares of all cores over the run, and how many cores the encoder step,
   the decoder step and the session step kept busy (CPU seconds per second).
 Each part's floor is its bytes / read bandwidth; the table shows the median over the runs and the spread (min-max).
@@ -314,15 +315,19 @@ def batched_encoder_step(engine, steps: int) -> float:
     return per_call / k
 
 
-def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float, prepare: bool = False
-                       ) -> tuple[float, float, float]:
+def start_and_catch_up(engine, steps_per_call: int, catch_up_s: float, prepare: bool = False,
+                       shared_start: bool = True) -> tuple[float, float, float]:
     """(seconds of `session.prepare()`, the leading silence run before any audio (0 unless `prepare`); seconds from
     then to the first sampled token, fed the 0.56 s of audio that token waits for at once; seconds of audio per
-    second of compute for `catch_up_s` more audio fed at once), with at most `steps_per_call` encoder steps a call."""
+    second of compute for `catch_up_s` more audio fed at once), with at most `steps_per_call` encoder steps a call.
+    `shared_start` False: the session computes its leading silence instead of copying the engine's start state (as
+    every session did before start_state.py, and as sessions of programs without `state_buffers` still do)."""
     meta = engine.spec.meta
     instance = engine.instance()
     session = engine.session(instance)
     session.max_encoder_steps = steps_per_call
+    if not shared_start:
+        session.start = None
     rng = np.random.default_rng(1)
     prompt_steps = meta.n_left_pad_tokens + meta.delay_tokens + 1  # the first token comes at the last of these
     first = prompt_steps * meta.step_samples + meta.stream_lookahead - meta.n_left_pad_tokens * meta.step_samples
@@ -380,8 +385,10 @@ def measure_once(args, engine) -> dict[str, float]:
     for k in (1, engine.spec.meta.max_encoder_steps):
         _, row[f"first token, {k} per call"], row[f"catch-up, {k} per call"] = start_and_catch_up(
             engine, k, args.catch_up_s)
-    row["prepare"], row["first token after prepare"], _ = start_and_catch_up(
-        engine, engine.spec.meta.max_encoder_steps, args.catch_up_s, prepare=True)
+    for shared in (False, True):
+        key = "shared start" if shared else "computed start"
+        row[f"prepare, {key}"], row[f"first token after prepare, {key}"], _ = start_and_catch_up(
+            engine, engine.spec.meta.max_encoder_steps, args.catch_up_s, prepare=True, shared_start=shared)
     return row
 
 
@@ -446,9 +453,13 @@ def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> N
               f"{statistics.median(many) / statistics.median(one):6.2f}x")
     print("  first token: compute from session start to the first sampled token, the 0.56 s of audio it waits for fed "
           f"at once;\n  catch-up: seconds of audio per second of compute for {args.catch_up_s:g} s more fed at once")
-    print(f"live start (session.prepare, {k} per call): the leading silence before the audio "
-          f"{spread(col['prepare'], 1, '.2f')} s, then the first token {spread(col['first token after prepare'], 1, '.2f')}"
-          " s after its audio")
+    print(f"live start (session.prepare, {k} encoder steps per call), before the audio, then to the first token after "
+          "its audio:")
+    for key, how in (("computed start", "computing the leading silence"),
+                     ("shared start", "copying the engine's start state")):
+        if f"prepare, {key}" in col:
+            print(f"  {how:34s} {spread(col[f'prepare, {key}'], 1, '.3f')} s, then "
+                  f"{spread(col[f'first token after prepare, {key}'], 1, '.3f')} s")
     if eager is not None:
         print(f"eager PyTorch step            {eager * 1e3:.1f} ms   ExecuTorch/eager {whole / eager:.3f}x")
 

@@ -40,17 +40,22 @@ def speechlike_wav(path: Path, seconds: float = 6.0) -> None:
 
 def bundle_is_current(bundle: Path) -> bool:
     """A cached bundle is reused only while its metadata is what this checkout's .pte contract writes: the same
-    format version, and every key the contract has."""
+    format version, and every key the contract has (also those added without a new version, such as
+    state_buffers, which an older bundle lacks)."""
+    import dataclasses
+
     from voxtral_format.pte import FORMAT_VERSION, MODEL_FILE, MetadataError, ModelMetadata
     from voxtral_runtime.programs import ProgramError, read_manifest
 
     if not (bundle / MODEL_FILE).exists():
         return False
     try:
-        metadata = ModelMetadata.from_constants(read_manifest(bundle).get("metadata", {}))
+        written = read_manifest(bundle).get("metadata", {})
+        metadata = ModelMetadata.from_constants(written)
     except (ProgramError, MetadataError):
         return False
-    return metadata.pte_format_version == FORMAT_VERSION
+    every_key = all(f.name in written for f in dataclasses.fields(ModelMetadata))
+    return every_key and metadata.pte_format_version == FORMAT_VERSION
 
 
 def build(progress: bool) -> Path:

@@ -253,6 +253,7 @@ def test_metadata_and_manifest(bundles, tiny_config):
     for key, value in expect.items():
         assert pte.constant(key) == value, key
     assert set(pte.program.method_names) >= {"encode_audio_chunk", "text_decoder", "token_embedding"}
+    assert "step.caches.0.k_cache" in pte.constant("state_buffers").split(",")  # tests/test_start_state.py: all
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["options"]["streaming"] is True and manifest["metadata"]["delay_tokens"] == 6
     assert (bundle / "tekken.json").read_bytes() == (tiny_config and (bundles.model_dir / "tekken.json").read_bytes())

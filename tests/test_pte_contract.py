@@ -97,6 +97,9 @@ def test_keys_added_by_a_later_version_have_defaults_for_older_programs():
     del values["kv_cache_dtype"]  # version 5 added it
     meta = ModelMetadata.from_constants(values)
     assert meta.runtime_operators == "" and meta.kv_cache_dtype == ""
+    del values["shared_state"], values["state_buffers"]  # added without a new version: older programs lack them
+    meta = ModelMetadata.from_constants(values)
+    assert not meta.shared_state and meta.state_buffers == ""
 
 
 def test_the_contract_needs_no_torch():

@@ -136,6 +136,7 @@ def lower_to_executorch(programs: dict[str, ExportedProgram], backend: str, cons
     started = time.monotonic()
     program = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
+        emit_mutable_buffer_names=True,  # the runtime finds the state by these names (docs/pte.md, state_buffers)
         do_quant_fusion_and_const_prop=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_state),
     ))

@@ -40,7 +40,9 @@ def audio_metadata(config: VoxtralConfig) -> dict:
 
 
 def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: int, decoder_window: int,
-                   max_audio_tokens: int) -> ModelMetadata:
+                   max_audio_tokens: int, state_buffers: list[str]) -> ModelMetadata:
+    """`state_buffers`: the methods' mutable buffers (programs.state_buffer_names), declared where the runtime may
+    restore them (the programs that plan their state apart, shares_state)."""
     enc, dec, tokens = config.encoder, config.decoder, config.tokens
     return ModelMetadata(**{
         **audio_metadata(config),
@@ -51,6 +53,7 @@ def model_metadata(config: VoxtralConfig, options: ExportOptions, delay_tokens: 
         "dtype": options.dtype,
         "kv_cache_dtype": options.cache_dtype,
         "shared_state": shares_state(options),
+        "state_buffers": ",".join(state_buffers) if shares_state(options) else "",
         "quantization": _quantization_label(options),
         "dim": dec.dim,
         "enc_dim": enc.dim,

@@ -24,7 +24,7 @@ from .heap import release_freed_memory, return_large_blocks_when_freed, trimming
 from .lower import lower_to_executorch
 from .metadata import model_metadata, preprocessor_metadata
 from .options import ExportError, ExportOptions, validate_against_config, validate_flags
-from .programs import export_model_methods, export_preprocessor_methods, max_audio_tokens
+from .programs import export_model_methods, export_preprocessor_methods, max_audio_tokens, state_buffer_names
 from .progress import Progress, peak_rss_gib
 from .quantize import quantize_model
 
@@ -83,7 +83,8 @@ def export_bundle(options: ExportOptions, progress: Progress | None = None) -> P
         n_audio_tokens = max_audio_tokens(config, options.max_audio_len)
         with progress.phase("export model methods"), trimming():
             programs = export_model_methods(model, options.streaming, options.max_seq_len, options.max_audio_len)
-        metadata = model_metadata(config, options, delay, model.decoder.window, n_audio_tokens)
+        metadata = model_metadata(config, options, delay, model.decoder.window, n_audio_tokens,
+                                  state_buffer_names(programs))
         with progress.phase(f"lower model.pte to {options.backend}"), trimming():
             (staging / MODEL_FILE).write_bytes(lower_to_executorch(programs, options.backend, metadata.constants(),
                                                                    progress=lambda m: progress.say(f"  {m}"),

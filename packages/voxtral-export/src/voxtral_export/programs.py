@@ -140,6 +140,28 @@ def export_model_methods(model: VoxtralRealtime, streaming: bool, max_seq_len: i
     return programs
 
 
+def state_buffer_names(programs: dict[str, ExportedProgram]) -> list[str]:
+    """The buffers the methods write (KV caches, conv state), by the fully qualified names the .pte gives them: the
+    runtime restores a shared start state into them by these names (docs/pte.md, `state_buffers`). The caches are
+    written in place by operators whose schema marks the argument as written (llama.update_cache_with_indices,
+    copy_), which torch.export leaves out of `buffers_to_mutate`; ExecuTorch plans both kinds as mutable state."""
+    names: set[str] = set()
+    for program in programs.values():
+        buffers = program.graph_signature.inputs_to_buffers
+        names |= set(program.graph_signature.buffers_to_mutate.values())
+        for node in program.graph.nodes:
+            schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+            if schema is None:
+                continue
+            values = dict(zip((a.name for a in schema.arguments), node.args)) | dict(node.kwargs)
+            for argument in schema.arguments:
+                value = values.get(argument.name)
+                written = argument.alias_info is not None and argument.alias_info.is_write
+                if written and isinstance(value, torch.fx.Node) and value.name in buffers:
+                    names.add(buffers[value.name])
+    return sorted(names)
+
+
 def export_preprocessor_methods(config: VoxtralConfig, max_audio_len_s: float) -> dict[str, ExportedProgram]:
     """preprocessor.pte: the whole padded signal (a multiple of one token) and one streaming window."""
     log_mel = LogMel(config.encoder)

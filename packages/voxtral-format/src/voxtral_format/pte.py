@@ -134,6 +134,11 @@ class ModelMetadata(AudioMetadata):
     # The methods' state (KV caches, conv state) has a memory arena of its own, apart from their activations, so the
     # methods of one load never overwrite each other's state (False when absent: older programs).
     shared_state: bool = False
+    # Comma-separated fully qualified names of the buffers the methods write (KV caches, conv state), by which a
+    # method's state can be read and restored: the runtime computes the leading silence and the prompt once and
+    # copies that state into every new session ("" when absent: older programs and Metal's, whose sessions compute
+    # their own; no new format version for the same reason as shared_state).
+    state_buffers: str = ""
 
     @property
     def step_ms(self) -> int:

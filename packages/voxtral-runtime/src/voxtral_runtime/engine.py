@@ -11,6 +11,7 @@ from .endpointing import EndpointingOptions, EndpointingSession
 from .programs import BundlePaths, ModelInstance, ModelSpec, ProgramError, load_spec
 from .sampling import Sampler
 from .session import HeldAudioSession, OfflineSession, Session, StreamingSession
+from .start_state import StartState
 
 DEFAULT_MAX_OFFLINE_AUDIO_S = 300.0  # audio a streaming program holds for one offline segment
 WARMUP_SECONDS = 0.8  # enough audio for the prompt prefill and a few single-token decoder steps
@@ -25,9 +26,16 @@ class Engine:
         prompt = torch.tensor([self.spec.prompt_ids], dtype=torch.int64)
         # The prompt's token embeddings are the same for every session: computed once.
         self.prompt_embeds = first.run(first.token_embedding, prompt)
+        self.start_state = self._capture_start(first) if self.spec.streaming and first.state else None
         self._spare: list[ModelInstance] = [first]  # idle instances, reused before new ones are loaded
         self._spare_lock = threading.Lock()
         self.instances_loaded = 1  # idle and in use (a metric)
+
+    def _capture_start(self, instance: ModelInstance) -> StartState:
+        """Runs a session's leading silence once, for every later session to copy (start_state.py)."""
+        session = StreamingSession(self.spec, instance, self.prompt_embeds)
+        session.prepare()
+        return StartState.capture(instance, session.step_index)
 
     @property
     def streaming(self) -> bool:
@@ -68,9 +76,12 @@ class Engine:
                                "endpointing need a program exported with voxtral-export --streaming")
         if endpointing and offline:
             raise ProgramError("endpointing is for live sessions; offline mode transcribes at flushes")
-        kind = StreamingSession if self.spec.streaming else OfflineSession
-        session = kind(self.spec, instance or self.instance(), self.prompt_embeds, Sampler(temperature, seed=seed),
-                       max_new_tokens, token_ids)
+        instance, sampler = instance or self.instance(), Sampler(temperature, seed=seed)
+        if self.spec.streaming:
+            session = StreamingSession(self.spec, instance, self.prompt_embeds, sampler, max_new_tokens, token_ids,
+                                       start=self.start_state)
+        else:
+            session = OfflineSession(self.spec, instance, self.prompt_embeds, sampler, max_new_tokens, token_ids)
         if offline and self.spec.streaming:
             return HeldAudioSession(session, max_offline_audio_s)
         if endpointing:

@@ -293,6 +293,37 @@ class ModelInstance:
                 self.preprocess = pre.load_method(PREPROCESS)
             self.text_decoder = decoder_program.load_method(TEXT_DECODER)
             self.token_embedding = embedding_program.load_method(TOKEN_EMBEDDING)
+        self.state = self._state_tensors()
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """The buffers `spec.meta.state_buffers` names, in that order, as tensors over the program's own memory
+        (writing one writes the method's state), or [] when the program names none. Checked completely: a buffer
+        left out would keep whatever the last session left in it when a start state is restored (start_state.py)."""
+        names = [name for name in self.spec.meta.state_buffers.split(",") if name]
+        if not names:
+            return []
+        methods = {name: getattr(self, attribute) for name, attribute in
+                   ((ENCODE_AUDIO_CHUNK, "encode_chunk"), (AUDIO_ENCODER, "audio_encoder"),
+                    (TEXT_DECODER, "text_decoder"), (TOKEN_EMBEDDING, "token_embedding"))
+                   if hasattr(self, attribute)}
+        found: dict[str, torch.Tensor] = {}
+        for method_name, method in methods.items():
+            count = 0
+            for name in names:
+                try:  # executorch.runtime.Method does not wrap get_attribute (1.5); its pybinding method does
+                    tensor = method._method.get_attribute(name)
+                except RuntimeError:
+                    continue
+                found.setdefault(name, tensor)
+                count += 1
+            if count != method.metadata.num_attributes():
+                raise ProgramError(f"{self.spec.paths.model}: its metadata's state_buffers name {count} of the "
+                                   f"{method.metadata.num_attributes()} state buffers of {method_name}; re-export it")
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise ProgramError(f"{self.spec.paths.model}: state buffer {missing[0]!r} (metadata state_buffers) is in "
+                               f"no method; re-export it")
+        return [found[name] for name in names]
 
     @staticmethod
     def run(method, *inputs: torch.Tensor) -> torch.Tensor:

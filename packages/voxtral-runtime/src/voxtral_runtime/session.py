@@ -23,6 +23,7 @@ import torch
 from .audio import AudioError, check_float_range
 from .programs import ModelInstance, ModelSpec
 from .sampling import Sampler
+from .start_state import StartState
 from .tokenizer import StreamingDetokenizer
 
 FLUSH, END_OF_AUDIO, MODEL_EOS, MAX_NEW_TOKENS = "flush", "end_of_audio", "model_eos", "max_new_tokens"
@@ -279,9 +280,13 @@ class StreamingSession(Session):
     """Over a streaming program: one encoder step and one decoder step per 80 ms of audio, as audio arrives."""
 
     def __init__(self, spec: ModelSpec, instance: ModelInstance, prompt_embeds: torch.Tensor,
-                 sampler: Sampler | None = None, max_new_tokens: int | None = None, token_ids: bool = False):
+                 sampler: Sampler | None = None, max_new_tokens: int | None = None, token_ids: bool = False,
+                 start: StartState | None = None):
+        """`start`: the state after the leading silence, computed once for every session (start_state.py); None:
+        the session computes it."""
         super().__init__(spec, instance, prompt_embeds, sampler, max_new_tokens, token_ids)
         meta = spec.meta
+        self.start = start
         self.window = meta.stream_window_samples
         self.left_context = meta.stream_left_context
         self.lookahead = meta.stream_lookahead
@@ -303,10 +308,16 @@ class StreamingSession(Session):
     def prepare(self) -> None:
         """Runs what needs no client audio, so that a live session's first audio waits only for the rest: the
         encoder over the leading silence (31 of its 32 steps: the last one's look-ahead reaches into the audio; 16
-        per encoder call) and the decoder over the prompt rows paired with them. Call it before the first audio."""
+        per encoder call) and the decoder over the prompt rows paired with them, or, with a start state, copies
+        their result in. Call it before the first audio."""
         if self.client_samples == 0 and self.step_index == 0:
             self._run_steps([])
             self.loop.prefill_pending()
+
+    def _restore_start(self) -> None:
+        """The shared start state instead of computing the steps it covers (their decoder rows are in it too)."""
+        self.start.restore(self.instance)
+        self.step_index = self.loop.position = self.start.steps
 
     def _append(self, samples: np.ndarray) -> None:
         keep_from = self.step_index * self.tok - self.left_context  # oldest sample a future step needs
@@ -337,6 +348,8 @@ class StreamingSession(Session):
         silence) are encoded up to `max_encoder_steps` per encoder call: the encoder is causal, so the embeddings
         are those of one step per call, and its weights are read once per call instead of once per step."""
         run, inst = self.instance.run, self.instance
+        if self.step_index == 0 and self.start is not None:
+            self._restore_start()
         while (ready := self._ready_steps()) > 0:
             if not self.decoding:  # max_new_tokens reached or EOS at the end: consume audio without computing
                 self.step_index += ready
