@@ -164,7 +164,7 @@ def main() -> int:
           f"{'the same' if texts['server'] == texts['local'] else f'{similar:.2f} similar by words (1.0: the same)'}"
           f" ({len(texts['server'])} and {len(texts['local'])} characters)")
     print("  (the server encodes whatever audio is queued when it gets to it, 1 to 16 steps per call, the local "
-          "session 16: the same steps in other batches, which may round differently)")
+          "session 16: the same steps in other batches, which give the same bits: docs/runtime.md)")
     return 0
 
 
