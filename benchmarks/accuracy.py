@@ -120,7 +120,8 @@ def main() -> int:
     from voxtral_model.config import load_config
     from voxtral_model.reference import pad_audio, stream_mel_windows
     from voxtral_format.pte import ModelMetadata
-    from voxtral_runtime.programs import BundlePaths, load_spec, read_manifest
+    from voxtral_runtime.bundle import BundlePaths, read_manifest
+    from voxtral_runtime.programs import load_spec
 
     config = load_config(args.checkpoint)
     windows = [w for _, w in stream_mel_windows(config, pad_audio(config, voice(args.seconds)))]

@@ -94,7 +94,7 @@ def in_child(bundle: Path, wav: Path) -> tuple[float, str]:
 def session_child(bundle: Path, wav: Path) -> None:
     from voxtral_runtime.audio import load_audio
     from voxtral_runtime.engine import Engine
-    from voxtral_runtime.programs import BundlePaths
+    from voxtral_runtime.bundle import BundlePaths
     from voxtral_runtime.session import TextPiece
 
     audio = load_audio(wav, RATE)
@@ -123,7 +123,7 @@ def main() -> int:
         return 0
 
     from voxtral_runtime.audio import load_audio, write_wav
-    from voxtral_runtime.programs import read_manifest
+    from voxtral_runtime.bundle import read_manifest
 
     ways = {"local": args.bundle, **({"offline": args.offline_bundle} if args.offline_bundle else {})}
     for name, bundle in ways.items():

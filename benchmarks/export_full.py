@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from voxtral_runtime.programs import read_manifest
+from voxtral_runtime.bundle import read_manifest
 
 RECIPES = {
     "xnnpack-streaming-8da4w": ["--streaming", "--sliding-window", "2048", "--qlinear-encoder", "8da4w",

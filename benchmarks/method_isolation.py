@@ -19,7 +19,9 @@ import voxtral_runtime  # noqa: F401  first: the runtime's thread settings
 
 import torch
 
-from voxtral_runtime.programs import BundlePaths, ModelInstance, load_spec
+from voxtral_runtime.bundle import BundlePaths
+
+from voxtral_runtime.programs import ModelInstance, load_spec
 
 
 def decoder_logits(spec, steps: int, embed: bool, encode: bool) -> torch.Tensor:

@@ -35,7 +35,7 @@ def memory_gib() -> dict[str, float]:
 def measure(bundle: Path, sessions: int, share_weights: bool) -> list[tuple[str, dict]]:
     """Memory after the runtime import, then after each loaded-and-stepped session."""
     from voxtral_runtime.engine import Engine
-    from voxtral_runtime.programs import BundlePaths
+    from voxtral_runtime.bundle import BundlePaths
 
     rows = [("runtime imported", memory_gib())]
     engine = Engine(BundlePaths.resolve(bundle), share_weights=share_weights)

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import voxtral_runtime  # noqa: F401  first: it pins OpenMP to one thread before torch loads, as the runtime runs
-from voxtral_runtime.programs import read_manifest
+from voxtral_runtime.bundle import read_manifest
 
 import numpy as np
 import torch
@@ -489,7 +489,7 @@ def main() -> int:
         return 0
 
     from voxtral_runtime.engine import Engine
-    from voxtral_runtime.programs import BundlePaths
+    from voxtral_runtime.bundle import BundlePaths
 
     params = json.loads((args.checkpoint / "params.json").read_text())
     bundles = [args.bundle] + ([args.compare] if args.compare else [])

@@ -45,7 +45,7 @@ def bundle_is_current(bundle: Path) -> bool:
     import dataclasses
 
     from voxtral_format.pte import FORMAT_VERSION, MODEL_FILE, MetadataError, ModelMetadata
-    from voxtral_runtime.programs import ProgramError, read_manifest
+    from voxtral_runtime.bundle import ProgramError, read_manifest
 
     if not (bundle / MODEL_FILE).exists():
         return False
@@ -101,7 +101,7 @@ def main() -> int:
 
     from voxtral_client.audio import file_chunks, read_wav
     from voxtral_client.client import RealtimeClient
-    from voxtral_runtime.programs import BundlePaths
+    from voxtral_runtime.bundle import BundlePaths
     from voxtral_runtime.server import Server, ServerOptions
 
     print("• starting voxtral-runtime serve on loopback ...", flush=True)

@@ -44,6 +44,6 @@ def stream_bundle(bundles):
 def stream_engine(stream_bundle):
     """An engine over `stream_bundle`, one per test module (its idle instances are that module's)."""
     from voxtral_runtime.engine import Engine
-    from voxtral_runtime.programs import BundlePaths
+    from voxtral_runtime.bundle import BundlePaths
 
     return Engine(BundlePaths.resolve(stream_bundle))

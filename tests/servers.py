@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
-from voxtral_runtime.programs import BundlePaths
+from voxtral_runtime.bundle import BundlePaths
 from voxtral_runtime.limits import ServerOptions
 from voxtral_runtime.server import Server
 

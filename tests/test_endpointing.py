@@ -19,7 +19,7 @@ from servers import start_in_process
 from voxtral_client.client import Endpointing, RealtimeClient, RealtimeError
 from voxtral_runtime.audio import load_audio, write_wav
 from voxtral_runtime.endpointing import EndpointingOptions, EndpointingSession
-from voxtral_runtime.programs import ProgramError
+from voxtral_runtime.bundle import ProgramError
 from voxtral_runtime.session import ENDPOINT, MODEL_EOS, SegmentEnd, TextPiece, Timeline
 
 RATE = 16000

@@ -18,7 +18,8 @@ import pytest
 
 from signals import speechlike
 from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths, ModelInstance
+from voxtral_runtime.bundle import BundlePaths
+from voxtral_runtime.programs import ModelInstance
 from voxtral_runtime.session import TextPiece
 
 pytestmark = pytest.mark.slow

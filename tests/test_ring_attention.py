@@ -24,7 +24,8 @@ from ptes import load_program
 from voxtral_model.attention import attention_mask
 from voxtral_model.ring_attention import RING_ATTENTION_OUT, reference, ring_attention
 from voxtral_runtime import kernels
-from voxtral_runtime.programs import ProgramError, _register_runtime_operators
+from voxtral_runtime.bundle import ProgramError
+from voxtral_runtime.programs import _register_runtime_operators
 
 
 class RingAttention(torch.nn.Module):

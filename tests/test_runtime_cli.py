@@ -12,7 +12,7 @@ import pytest
 from signals import speechlike
 from voxtral_runtime.audio import load_audio, write_wav
 from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths
+from voxtral_runtime.bundle import BundlePaths
 from voxtral_runtime.session import TextPiece
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from voxtral_model.mel import LogMel
 from voxtral_model.model import RuntimeOptions
 from voxtral_model.reference import greedy_decode, pad_audio, stream_mel_windows
 from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths, ProgramError
+from voxtral_runtime.bundle import BundlePaths, ProgramError
 from voxtral_runtime.sampling import Sampler
 from voxtral_runtime.session import END_OF_AUDIO, FLUSH, MODEL_EOS, SegmentEnd, TextPiece
 

@@ -11,7 +11,8 @@ import torch
 
 from signals import speechlike
 from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths, ModelInstance, ProgramError
+from voxtral_runtime.bundle import BundlePaths, ProgramError
+from voxtral_runtime.programs import ModelInstance
 
 pytestmark = pytest.mark.slow
 

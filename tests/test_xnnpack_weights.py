@@ -17,7 +17,7 @@ import pytest
 from signals import speechlike
 from voxtral_runtime import xnnpack_weights
 from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths
+from voxtral_runtime.bundle import BundlePaths
 from voxtral_runtime.session import TextPiece
 
 # Enough weight (~11 M parameters, 45 MB fp32) that XNNPACK's packed copy stands far above allocator noise; the tiny
@@ -31,7 +31,7 @@ MEMORY_SCRIPT = """
 import sys
 import numpy as np
 from voxtral_runtime.engine import Engine
-from voxtral_runtime.programs import BundlePaths
+from voxtral_runtime.bundle import BundlePaths
 
 def private_bytes():
     for line in open("/proc/self/status"):

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from .endpointing import EndpointingOptions, EndpointingSession
-from .programs import BundlePaths, ModelInstance, ModelSpec, ProgramError, load_spec
+from .bundle import BundlePaths, ProgramError
+from .programs import ModelInstance, ModelSpec, load_spec
 from .sampling import Sampler
 from .session import HeldAudioSession, OfflineSession, Session, StreamingSession
 from .start_state import StartState
@@ -20,7 +21,7 @@ WARMUP_SECONDS = 0.8  # enough audio for the prompt prefill and a few single-tok
 class Engine:
     def __init__(self, paths: BundlePaths, share_weights: bool = True, verify: bool = True):
         """`share_weights`: sessions share one copy of XNNPACK's packed weights (programs.share_packed_weights);
-        `verify`: the files are checked against their manifest's hashes (programs.verify_files)."""
+        `verify`: the files are checked against their manifest's hashes (bundle.verify_files)."""
         self.spec: ModelSpec = load_spec(paths, share_weights, verify)
         first = ModelInstance(self.spec)
         prompt = torch.tensor([self.spec.prompt_ids], dtype=torch.int64)

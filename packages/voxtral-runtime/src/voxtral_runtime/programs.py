@@ -1,4 +1,4 @@
-"""Loading exported programs: bundle lookup, their metadata (voxtral_format.pte, docs/pte.md), method handles.
+"""Loading exported programs: their metadata (voxtral_format.pte, docs/pte.md), the shared spec, method handles.
 
 A loaded program keeps its methods' state (KV caches, conv state) inside, so every concurrent session needs its own
 `ModelInstance`; the metadata and tokenizer are read once into a shared `ModelSpec`.
@@ -6,8 +6,6 @@ A loaded program keeps its methods' state (KV caches, conv state) inside, so eve
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -15,24 +13,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from voxtral_format.pte import (
-    AUDIO_ENCODER,
-    ENCODE_AUDIO_CHUNK,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    PREPROCESS,
-    PREPROCESS_STREAM,
-    PREPROCESSOR_FILE,
-    TEXT_DECODER,
-    TOKEN_EMBEDDING,
-    TOKENIZER_FILE,
-    AudioMetadata,
-    MetadataError,
-    ModelMetadata,
-    PreprocessorMetadata,
-)
+from voxtral_format import pte  # the method names: pte.TEXT_DECODER, ...
+from voxtral_format.pte import AudioMetadata, MetadataError, ModelMetadata, PreprocessorMetadata
 
 from . import kernels
+from .bundle import BundlePaths, ProgramError, model_name, verify_files
 from .tokenizer import Tekken, TokenizerError
 from .xnnpack_weights import BackendOptionError, set_weight_sharing
 
@@ -43,10 +28,6 @@ Metadata = TypeVar("Metadata", bound=AudioMetadata)
 # widened its lock to cover a whole load, so here instances load one at a time (a load takes seconds and instances
 # are pooled; session steps never take this lock).
 _LOAD_LOCK = threading.Lock()
-
-
-class ProgramError(ValueError):
-    """A missing file, a .pte that is not ours, or programs that do not fit together."""
 
 
 def _register_kernels() -> None:
@@ -77,38 +58,6 @@ def _load(path: Path):
         return Runtime.get().load_program(str(path))
     except Exception as e:  # the runtime raises RuntimeError/ValueError with terse codes
         raise ProgramError(f"{path}: not a loadable ExecuTorch program ({e})") from e
-
-
-@dataclass(frozen=True)
-class BundlePaths:
-    """The three files a session needs; `resolve` finds them from a bundle directory and explicit paths."""
-
-    model: Path
-    preprocessor: Path
-    tokenizer: Path
-
-    @classmethod
-    def resolve(cls, bundle: str | Path | None = None, model: str | Path | None = None,
-                preprocessor: str | Path | None = None, tokenizer: str | Path | None = None) -> "BundlePaths":
-        """Explicit paths win; missing ones are taken from the bundle directory (voxtral-export's output)."""
-        base = Path(bundle) if bundle else None
-        if base is not None and not base.is_dir():
-            raise ProgramError(f"{base}: bundle directory not found (voxtral-export --output-dir writes one)")
-
-        def pick(explicit, name: str, flag: str) -> Path:
-            if explicit:
-                path = Path(explicit)
-            elif base is not None:
-                path = base / name
-            else:
-                raise ProgramError(f"no {name}: pass {flag} or a bundle directory")
-            if not path.is_file():
-                raise ProgramError(f"{path}: file not found")
-            return path
-
-        return cls(model=pick(model, MODEL_FILE, "--model_path"),
-                   preprocessor=pick(preprocessor, PREPROCESSOR_FILE, "--preprocessor_path"),
-                   tokenizer=pick(tokenizer, TOKENIZER_FILE, "--tokenizer_path"))
 
 
 def read_metadata(program, path: Path, kind: type[Metadata]) -> Metadata:
@@ -186,35 +135,6 @@ def share_packed_weights(enabled: bool) -> bool:
     return enabled
 
 
-def read_manifest(directory: Path) -> dict:
-    """The bundle's manifest.json ({} when there is none: the files were passed from elsewhere)."""
-    manifest = directory / MANIFEST_FILE
-    if not manifest.is_file():
-        return {}
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError) as e:
-        raise ProgramError(f"{manifest}: unreadable manifest ({e}); re-export the bundle") from e
-    if not isinstance(data, dict):
-        raise ProgramError(f"{manifest}: not a voxtral-export manifest; re-export the bundle")
-    return data
-
-
-def verify_files(paths: BundlePaths) -> None:
-    """Checks each file that sits in a bundle directory against the sha256 its manifest recorded at export: a
-    model.pte corrupted in the middle still loads, and transcribes garbage. Files passed from elsewhere, and bundles
-    without hashes (exported before they were recorded), are not checked. About 1.5 s for a 2.5 GB model.pte."""
-    for path in (paths.model, paths.preprocessor, paths.tokenizer):
-        expected = read_manifest(path.parent).get("sha256", {}).get(path.name)
-        if expected is None:
-            continue
-        with open(path, "rb") as f:
-            actual = hashlib.file_digest(f, "sha256").hexdigest()
-        if actual != expected:
-            raise ProgramError(f"{path} does not match its manifest (sha256 {actual[:12]}..., recorded "
-                               f"{expected[:12]}...): the file is damaged or was replaced; copy or export it again")
-
-
 def load_spec(paths: BundlePaths, share_weights: bool = True, verify: bool = True) -> ModelSpec:
     """Reads and checks the bundle's files, metadata and tokenizer; `share_weights`: see `share_packed_weights`;
     `verify`: see `verify_files`."""
@@ -254,16 +174,7 @@ def load_spec(paths: BundlePaths, share_weights: bool = True, verify: bool = Tru
                            f"program's {meta.bos_id}/{meta.eos_id}")
     return ModelSpec(paths=paths, meta=meta, preprocessor_meta=pre_meta, tokenizer=tokenizer,
                      methods=frozenset(model.method_names), shares_weights=shares_weights,
-                     model_name=_model_name(paths))
-
-
-def _model_name(paths: BundlePaths) -> str:
-    """The checkpoint's directory name (e.g. Voxtral-Mini-4B-Realtime-2602) from the manifest, else the bundle's."""
-    try:
-        source = read_manifest(paths.model.parent).get("source", "")
-    except ProgramError:  # only a name: an unreadable manifest is verify_files' concern
-        source = ""
-    return Path(source).name if source else paths.model.parent.name
+                     model_name=model_name(paths))
 
 
 class ModelInstance:
@@ -286,13 +197,13 @@ class ModelInstance:
                 decoder_program, embedding_program = _load(spec.paths.model), _load(spec.paths.model)
             pre = _load(spec.paths.preprocessor)
             if spec.streaming:
-                self.encode_chunk = encoder_program.load_method(ENCODE_AUDIO_CHUNK)
-                self.stream_window = pre.load_method(PREPROCESS_STREAM)
+                self.encode_chunk = encoder_program.load_method(pte.ENCODE_AUDIO_CHUNK)
+                self.stream_window = pre.load_method(pte.PREPROCESS_STREAM)
             else:
-                self.audio_encoder = encoder_program.load_method(AUDIO_ENCODER)
-                self.preprocess = pre.load_method(PREPROCESS)
-            self.text_decoder = decoder_program.load_method(TEXT_DECODER)
-            self.token_embedding = embedding_program.load_method(TOKEN_EMBEDDING)
+                self.audio_encoder = encoder_program.load_method(pte.AUDIO_ENCODER)
+                self.preprocess = pre.load_method(pte.PREPROCESS)
+            self.text_decoder = decoder_program.load_method(pte.TEXT_DECODER)
+            self.token_embedding = embedding_program.load_method(pte.TOKEN_EMBEDDING)
         self.state = self._state_tensors()
 
     def _state_tensors(self) -> list[torch.Tensor]:
@@ -303,8 +214,8 @@ class ModelInstance:
         if not names:
             return []
         methods = {name: getattr(self, attribute) for name, attribute in
-                   ((ENCODE_AUDIO_CHUNK, "encode_chunk"), (AUDIO_ENCODER, "audio_encoder"),
-                    (TEXT_DECODER, "text_decoder"), (TOKEN_EMBEDDING, "token_embedding"))
+                   ((pte.ENCODE_AUDIO_CHUNK, "encode_chunk"), (pte.AUDIO_ENCODER, "audio_encoder"),
+                    (pte.TEXT_DECODER, "text_decoder"), (pte.TOKEN_EMBEDDING, "token_embedding"))
                    if hasattr(self, attribute)}
         found: dict[str, torch.Tensor] = {}
         for method_name, method in methods.items():

@@ -33,7 +33,7 @@ from .engine import Engine
 from .limits import ServerOptions
 from .metrics import Metrics
 from .pool import InstancePool
-from .programs import BundlePaths, ProgramError
+from .bundle import BundlePaths, ProgramError
 from .realtime_ws import RealtimeWebsocket
 from .servicer import RealtimeServicer
 

@@ -14,7 +14,7 @@ from voxtral_client.subtitles import FORMATS, Transcript, format_for
 from .audio import AudioError, load_audio
 from .endpointing import EndpointingOptions, EndpointingSession
 from .engine import Engine
-from .programs import BundlePaths, ProgramError
+from .bundle import BundlePaths, ProgramError
 from .session import SegmentEnd, SessionError, TextPiece
 
 MIC_CHUNK_MS = 80
