@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from voxtral_runtime import server
+from voxtral_runtime import serve, server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def entrypoint() -> list[str]:
 
 def serve_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(exit_on_error=False)
-    server.add_arguments(parser)
+    serve.add_arguments(parser)
     return parser.parse_args(argv)
 
 

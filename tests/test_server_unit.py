@@ -5,31 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 
-from voxtral_runtime import server
+from voxtral_runtime import serve, server
 
 
 def serve_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    server.add_arguments(parser)
+    serve.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def test_a_token_over_plaintext_off_loopback_is_warned_about(caplog, tmp_path, capsys):
     missing = str(tmp_path / "no-bundle")
     with caplog.at_level(logging.WARNING, logger="voxtral_runtime.server"):
-        assert server.run(serve_args(missing, "--host", "0.0.0.0", "--token", "s3cret")) == 2
+        assert serve.run(serve_args(missing, "--host", "0.0.0.0", "--token", "s3cret")) == 2
     assert "plaintext" in caplog.text and "--tls-cert" in caplog.text
     assert "bundle directory not found" in capsys.readouterr().err
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="voxtral_runtime.server"):
-        assert server.run(serve_args(missing, "--token", "s3cret")) == 2  # loopback: no warning
+        assert serve.run(serve_args(missing, "--token", "s3cret")) == 2  # loopback: no warning
     assert "plaintext" not in caplog.text
 
 
 def test_limits_out_of_range_are_refused(tmp_path, capsys):
-    assert server.run(serve_args(str(tmp_path), "--max-flushes", "0")) == 2
+    assert serve.run(serve_args(str(tmp_path), "--max-flushes", "0")) == 2
     assert "--max-flushes must be at least 1" in capsys.readouterr().err
-    assert server.run(serve_args(str(tmp_path), "--max-session-audio", "inf")) == 2
+    assert serve.run(serve_args(str(tmp_path), "--max-session-audio", "inf")) == 2
     assert "--max-session-audio must be a positive number of seconds" in capsys.readouterr().err
 
 

@@ -28,17 +28,17 @@ def _build_kernels(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voxtral-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import server, transcribe
+    from . import serve, transcribe
 
     transcribe.add_arguments(sub.add_parser("transcribe", help="transcribe a WAV file or stdin microphone audio"))
-    server.add_arguments(sub.add_parser("serve", help="serve the model over a gRPC bidirectional stream"))
+    serve.add_arguments(sub.add_parser("serve", help="serve the model over a gRPC bidirectional stream"))
     _add_build_kernels(sub.add_parser("build-kernels", help="compile the runtime's attention kernel for this machine"))
     args = parser.parse_args(argv)
     if args.command == "transcribe":
         return transcribe.run(args)
     if args.command == "build-kernels":
         return _build_kernels(args)
-    return server.run(args)
+    return serve.run(args)
 
 
 if __name__ == "__main__":
