@@ -33,10 +33,13 @@ class Engine:
         self.instances_loaded = 1  # idle and in use (a metric)
 
     def _capture_start(self, instance: ModelInstance) -> StartState:
-        """Runs a session's leading silence once, for every later session to copy (start_state.py)."""
-        session = StreamingSession(self.spec, instance, self.prompt_embeds)
-        session.prepare()
-        return StartState.capture(instance, session.step_index)
+        """Runs a session's leading silence (twice), for every later session to copy (start_state.py)."""
+        def run_silence() -> int:
+            session = StreamingSession(self.spec, instance, self.prompt_embeds)
+            session.prepare()
+            return session.step_index
+
+        return StartState.capture(instance, run_silence)
 
     @property
     def streaming(self) -> bool:
