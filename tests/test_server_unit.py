@@ -1,9 +1,11 @@
-"""Server pieces that need no model: the plaintext-token warning, the one-line log for unparsable requests."""
+"""Server pieces that need no model: the plaintext-token warning, limits, a port in use, the one-line log for
+unparsable requests."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 from voxtral_runtime import serve, server
 
@@ -31,6 +33,18 @@ def test_limits_out_of_range_are_refused(tmp_path, capsys):
     assert "--max-flushes must be at least 1" in capsys.readouterr().err
     assert serve.run(serve_args(str(tmp_path), "--max-session-audio", "inf")) == 2
     assert "--max-session-audio must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_refused_with_what_to_do(tmp_path, capsys):
+    """The server binds before it loads the model, so files that are no programs never get read."""
+    for name in ("model.pte", "preprocessor.pte", "tekken.json"):
+        (tmp_path / name).write_bytes(b"")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.run(serve_args(str(tmp_path), "--port", str(port))) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_an_unparsable_request_is_logged_in_one_line():

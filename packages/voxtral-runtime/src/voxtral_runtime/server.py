@@ -1,9 +1,10 @@
 """`voxtral-runtime serve`: the model behind a gRPC bidirectional stream (proto/voxtral/realtime/v1).
 
 This file is the server's lifecycle: start gRPC (health answers NOT_SERVING while the model loads), load and warm
-the model, serve, and stop; serve.py is its command line (flags, signals). The service itself is servicer.py, admission pool.py, the per-call
-request buffer inbox.py, the limits limits.py; the optional websocket endpoint (vLLM's /v1/realtime protocol) is
-realtime_ws.py and the Prometheus metrics metrics.py. Both transports share the engine and its session slots.
+the model, serve, and stop; serve.py is its command line (flags, signals). The service itself is servicer.py,
+admission pool.py, the per-call request buffer inbox.py, the limits limits.py; the optional websocket endpoint
+(vLLM's /v1/realtime protocol) is realtime_ws.py and the Prometheus metrics metrics.py. Both transports share the
+engine and its session slots.
 
 Stopping (SIGTERM or Ctrl+C): health turns NOT_SERVING, no new session is accepted, every session stops reading its
 stream and decodes the audio it had received, then ends with a Final of reason SERVER_SHUTDOWN and the status
@@ -24,15 +25,13 @@ from grpc_reflection.v1alpha import reflection
 from voxtral_client.proto import realtime_pb2 as pb
 from voxtral_client.proto import realtime_pb2_grpc as pb_grpc
 
-from .bundle import BundlePaths
+from .bundle import BundlePaths, ProgramError
 from .engine import Engine
 from .limits import ServerOptions
 from .metrics import Metrics
 from .pool import InstancePool
 from .realtime_ws import RealtimeWebsocket
 from .servicer import RealtimeServicer
-
-log = logging.getLogger("voxtral_runtime.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Realtime"].full_name
 DEFAULT_PORT = 50051
@@ -77,12 +76,16 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
         address = f"{host}:{port}"
-        if tls:
-            self.port = self.grpc.add_secure_port(address, grpc.ssl_server_credentials([tls]))
-        else:
-            self.port = self.grpc.add_insecure_port(address)
+        try:  # grpcio raises RuntimeError when the address cannot be bound (older versions returned port 0)
+            if tls:
+                self.port = self.grpc.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+            else:
+                self.port = self.grpc.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise ProgramError(f"cannot listen on {address}")
+            raise ProgramError(f"cannot listen on {address}: another process may hold the port; choose another "
+                               f"with --port (0 picks a free one)")
         self.servicer = RealtimeServicer(options, self.shutdown)
         pb_grpc.add_RealtimeServicer_to_server(self.servicer, self.grpc)
         self.grpc.start()  # health answers NOT_SERVING while the model loads
