@@ -70,24 +70,30 @@ def test_kernel_matches_the_reference(tmp_path, case, cache_dtype):
     assert (out.double() - expect).abs().max() < 2e-5
 
 
-# (query heads H, KV heads Hkv, head_dim D, slots N, window, first position): the full-size encoder's shapes (32 heads
-# of 64, an 814-slot ring with a 750-frame window) and the decoder's (GQA 4, a 2048-slot ring), bf16 caches.
-CALLS = {"encoder": (32, 32, 64, 814, 750, 1000), "decoder": (32, 8, 128, 2048, 2048, 5000)}
+# (query heads H, KV heads Hkv, head_dim D, slots N, window, first position, positions alone, positions shared): the
+# full-size encoder's shapes (32 heads of 64, an 814-slot ring, a 750-frame window) and the decoder's (GQA 4, a
+# 2048-slot ring), and two that leave rows outside whole groups of four (a KV head's last group of 1 or 3 rows, which
+# the kernel scores one row and slot at a time, and a last block of 6 slots).
+CALLS = {
+    "full encoder": (32, 32, 64, 814, 750, 1000, 4, 64),
+    "full decoder": (32, 8, 128, 2048, 2048, 5000, 4, 12),
+    "5 positions, no GQA": (4, 4, 16, 70, 60, 100, 5, 69),
+    "GQA 3": (6, 2, 32, 45, 40, 90, 1, 50),
+}
 
 
 @pytest.mark.parametrize("call", list(CALLS))
 def test_a_row_gets_the_same_bits_however_many_rows_share_its_call(tmp_path, call):
-    """The slot ranges the kernel merges do not depend on the row count: the first positions of a 16-step encoder
-    call (2048 rows: KV-head tiles) or a 12-row prefill (384 rows) are bit for bit those of a call of their own
-    (128 rows: one tile), so encoding k steps per call gives the tokens of one step per call at any size."""
-    heads, kv_heads, head_dim, slots, window, start = CALLS[call]
-    many = 64 if call == "encoder" else 12
+    """The slot ranges the kernel merges do not depend on the row count, and a score has the same bits however it is
+    computed: the first positions of a call with many rows (KV-head tiles: a 16-step encoder call, a 12-row prefill)
+    are bit for bit those of a call of their own (one tile), so k encoder steps per call give the tokens of one step
+    per call at any size."""
+    heads, kv_heads, head_dim, slots, window, start, few, many = CALLS[call]
     g = torch.Generator().manual_seed(5)
     q = torch.randn(1, many, heads, head_dim, generator=g)
     k = torch.randn(1, slots, kv_heads, head_dim, generator=g).bfloat16()
     v = torch.randn(1, slots, kv_heads, head_dim, generator=g).bfloat16()
     mask = attention_mask(torch.arange(start, start + many), slots, window, True, torch.float32, float("-inf"))
-    few = 4
     assert few * heads <= 256 < many * heads  # one call in each of the kernel's row splits
     alone = run_program(tmp_path, q[:, :few].contiguous(), k, v, mask[:few].contiguous())
     shared = run_program(tmp_path, q, k, v, mask)

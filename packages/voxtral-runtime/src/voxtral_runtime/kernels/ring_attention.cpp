@@ -63,6 +63,7 @@ typedef i32x8 ivec;
 constexpr int kBlockSlots = 32;     // slots per online-softmax block (its keys and values stay in L2 between passes)
 constexpr int kMaxItemRows = 256;   // rows one work item carries (scores: kMaxItemRows x kBlockSlots floats)
 constexpr int kTileRows = 16;       // rows per item when the rows are split by KV head
+constexpr int kMaxRanges = 16;      // slot ranges per call at most (each holds a partial result of every row)
 constexpr int kMaxHeadDim = 256;
 constexpr int kValueSlots = 4;      // slots per pass of the values loop
 constexpr int kLineBytes = 64;      // the prefetch stride
@@ -102,6 +103,8 @@ inline vec splat(float x) { return vec{} + x; }
 inline f32x8 splat8(float x) { return f32x8{} + x; }
 
 inline float sum8(f32x8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+// The lanes in the order sum8x8 adds each vector's: a score has the same bits from score_one as from score_rows.
+inline float sum8_pairs(f32x8 v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
 
 inline float max_lanes(vec v) {
   float m = v[0];
@@ -194,7 +197,7 @@ inline float score_one(const float* q, const T* key, int64_t D) {
   for (; d + kLanes <= D; d += kLanes) a += load(q + d) * load(key + d);
   f32x8 a8 = fold8(a);
   if (d < D) a8 += load8(q + d) * load8(key + d);
-  return sum8(a8);
+  return sum8_pairs(a8);
 }
 
 // Scores of a group's `count` rows (1 to 4, sharing one KV head) against `slots` slots from t (a multiple of 8 when
@@ -421,9 +424,10 @@ void attend(const Shapes& s, const Row* rows, int n, const T* k, const T* v, int
 }
 
 // out row = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c over the items c that saw the row.
+// Rows [begin, end) of `rows`, so that calls can split the rows over the pool (a 16-step encoder call has 2048).
 void merge(int64_t D, int n_items, int64_t rows, const float* acc, const float* row_max, const float* row_sum,
-           float* const* out_row) {
-  for (int64_t i = 0; i < rows; ++i) {
+           float* const* out_row, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
     float top = kMinusInf;
     for (int c = 0; c < n_items; ++c) top = std::max(top, row_max[c * rows + i]);
     float* o = out_row[i];
@@ -505,13 +509,15 @@ void run(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Te
   }
   // The work items run on pool threads, which must see this thread's buffers (not their own thread_locals).
   const Row* row_order = order.data();
+  float* const* row_out = out_row.data();
 
   // Slot ranges: every item covers one, and their partial softmaxes are merged. The ranges depend on the caches
-  // and the thread count only, never on the row count, so each row's arithmetic is the same however many rows share
-  // the call: k encoder steps in one call give the bits of k calls of one step (docs/runtime.md).
+  // and the thread count only, never on the row count, and a score has the same bits from every scoring loop, so
+  // each row's arithmetic is the same however many rows share the call: k encoder steps in one call give the bits
+  // of k calls of one step (docs/runtime.md).
   const int64_t blocks = (s.slots + kBlockSlots - 1) / kBlockSlots;
   const int64_t threads = executorch::extension::get_thread_count();
-  const int n_ranges = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 2 * threads)));
+  const int n_ranges = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({blocks, 2 * threads, kMaxRanges})));
   const int64_t per_range = ((blocks + n_ranges - 1) / n_ranges) * kBlockSlots;
   // Row tiles: few rows (a live step) are one tile, so an item streams its slots once for all of them; many rows (a
   // prefill, queued steps) make the work arithmetic, and go by KV head and tiles of kTileRows.
@@ -539,7 +545,10 @@ void run(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Te
       attend(s, row_order + o, static_cast<int>(n), kd, vd, slot0, slot1, acc + at * D, row_max + at, row_sum + at);
     }
   });
-  merge(D, n_ranges, rows, acc, row_max, row_sum, out_row.data());
+  // A live step's few rows merge on the calling thread (cheaper than waking the pool); many rows use the pool.
+  executorch::extension::parallel_for(0, rows, one_tile ? rows : kTileRows, [&](int64_t begin, int64_t end) {
+    merge(D, n_ranges, rows, acc, row_max, row_sum, row_out, begin, end);
+  });
 }
 
 }  // namespace
