@@ -37,6 +37,8 @@ class Engine:
         def run_silence() -> int:
             session = StreamingSession(self.spec, instance, self.prompt_embeds)
             session.prepare()
+            # nothing sampled: the prompt is longer than the silence, so the sampler and detokenizer start fresh
+            assert session.sampled == 0 and not session.loop.pending
             return session.step_index
 
         return StartState.capture(instance, run_silence)

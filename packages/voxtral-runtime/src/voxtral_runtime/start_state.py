@@ -52,16 +52,18 @@ class StartState:
     def capture(cls, instance: ModelInstance, run_silence: Callable[[], int]) -> "StartState":
         """`run_silence` runs a session's leading silence on `instance` and returns the steps it ran (a fresh
         session's prepare). It runs twice; what it wrote is kept."""
-        outcomes = []
-        for fill in (0.0, 1.0):
-            for buffer in instance.state:
-                buffer.fill_(fill)
-            steps = run_silence()
-            outcomes.append([buffer.clone() for buffer in instance.state])
+        for buffer in instance.state:
+            buffer.fill_(0.0)
+        steps = run_silence()
+        first = [buffer.clone() for buffer in instance.state]  # the second outcome stays in the instance
+        for buffer in instance.state:
+            buffer.fill_(1.0)
+        if run_silence() != steps:
+            raise RuntimeError("the leading silence ran a different number of steps the second time")
         pieces = []
-        for index, (first, second) in enumerate(zip(*outcomes)):
-            values = first.reshape(-1)
-            runs = written_runs(values == second.reshape(-1))
+        for index, buffer in enumerate(instance.state):
+            values = first[index].reshape(-1)
+            runs = written_runs(values == buffer.reshape(-1))
             if len(runs) > MAX_RUNS_PER_BUFFER:
                 runs = [(0, values.numel())]
             pieces += [Piece(index, start, end, values[start:end].clone()) for start, end in runs]
