@@ -93,8 +93,8 @@ def in_child(bundle: Path, wav: Path) -> tuple[float, str]:
 
 def session_child(bundle: Path, wav: Path) -> None:
     from voxtral_runtime.audio import load_audio
-    from voxtral_runtime.engine import Engine
     from voxtral_runtime.bundle import BundlePaths
+    from voxtral_runtime.engine import Engine
     from voxtral_runtime.session import TextPiece
 
     audio = load_audio(wav, RATE)

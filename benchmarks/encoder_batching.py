@@ -33,8 +33,8 @@ def main() -> int:
     p.add_argument("bundle", type=Path)
     p.add_argument("--steps", type=int, default=128, help="80 ms steps to encode, a multiple of 16 (default: 128)")
     args = p.parse_args()
-    from voxtral_runtime.engine import Engine
     from voxtral_runtime.bundle import BundlePaths
+    from voxtral_runtime.engine import Engine
 
     engine = Engine(BundlePaths.resolve(args.bundle))
     meta = engine.spec.meta

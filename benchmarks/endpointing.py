@@ -80,8 +80,8 @@ def main() -> int:
 
     from voxtral_runtime.audio import load_audio
     from voxtral_runtime.endpointing import EndpointingOptions
-    from voxtral_runtime.engine import Engine
     from voxtral_runtime.bundle import BundlePaths
+    from voxtral_runtime.engine import Engine
 
     audio = load_audio(args.audio, RATE) if args.audio else synthesized()
     engine = Engine(BundlePaths.resolve(args.bundle))

@@ -34,8 +34,8 @@ def memory_gib() -> dict[str, float]:
 
 def measure(bundle: Path, sessions: int, share_weights: bool) -> list[tuple[str, dict]]:
     """Memory after the runtime import, then after each loaded-and-stepped session."""
-    from voxtral_runtime.engine import Engine
     from voxtral_runtime.bundle import BundlePaths
+    from voxtral_runtime.engine import Engine
 
     rows = [("runtime imported", memory_gib())]
     engine = Engine(BundlePaths.resolve(bundle), share_weights=share_weights)

@@ -385,10 +385,13 @@ def measure_once(args, engine) -> dict[str, float]:
     for k in (1, engine.spec.meta.max_encoder_steps):
         _, row[f"first token, {k} per call"], row[f"catch-up, {k} per call"] = start_and_catch_up(
             engine, k, args.catch_up_s)
-    for shared in (False, True):
+    # a program without state_buffers has no shared start: its sessions compute theirs, measured once
+    for shared in (False, True) if engine.start_state is not None else (False,):
         key = "shared start" if shared else "computed start"
         row[f"prepare, {key}"], row[f"first token after prepare, {key}"], _ = start_and_catch_up(
             engine, engine.spec.meta.max_encoder_steps, args.catch_up_s, prepare=True, shared_start=shared)
+    if engine.start_state is not None:
+        row["start state bytes"] = engine.start_state.nbytes
     return row
 
 
@@ -460,6 +463,8 @@ def report(args, meta, runs: list[dict], nbytes: dict, eager: float | None) -> N
         if f"prepare, {key}" in col:
             print(f"  {how:34s} {spread(col[f'prepare, {key}'], 1, '.3f')} s, then "
                   f"{spread(col[f'first token after prepare, {key}'], 1, '.3f')} s")
+    if "start state bytes" in col:
+        print(f"  the start state: {col['start state bytes'][0] / 2**20:.1f} MiB, once per engine")
     if eager is not None:
         print(f"eager PyTorch step            {eager * 1e3:.1f} ms   ExecuTorch/eager {whole / eager:.3f}x")
 
@@ -488,8 +493,8 @@ def main() -> int:
         print(json.dumps(eager_step(args.checkpoint, manifest, max(5, args.steps // 3))))
         return 0
 
-    from voxtral_runtime.engine import Engine
     from voxtral_runtime.bundle import BundlePaths
+    from voxtral_runtime.engine import Engine
 
     params = json.loads((args.checkpoint / "params.json").read_text())
     bundles = [args.bundle] + ([args.compare] if args.compare else [])
